@@ -1,0 +1,157 @@
+"""The Flax LLaMA decoder (LLaMA 1/2/3, SmolLM2, Qwen2) with LoRA and a static-shape KV cache.
+
+Layers are stacked and run with `nn.scan` (one traced block, compile time independent of depth).
+Variables: 'params' holds the frozen base weights, 'lora' the adapters (see layers.Projection).
+
+A KV cache is a dict {"k", "v": [L, B, S, KVH, hd], "valid": [B, S] bool, "index": int32}:
+`index` is the next slot to write; `valid` marks real (non-padding) tokens. Positions come from
+the attention mask (left padding), so prefill and one-token decode share one code path.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigrec_jax.model.config import LlamaConfig, LoraConfig
+from bigrec_jax.model.layers import Projection, RMSNorm, apply_rope, attention, rope_tables
+
+Array = jax.Array
+
+
+class DecoderBlock(nn.Module):
+  config: LlamaConfig
+  lora: LoraConfig | None = None
+
+  @nn.compact
+  def __call__(self, x, layer_cache, cos, sin, query_slots, key_valid, write_index, deterministic):
+    cfg = self.config
+    dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
+    proj = lambda n, f, axes, bias=False: Projection(
+        f, axes, bias, self.lora, dt, pdt, name=n)
+    b, t, _ = x.shape
+    h = RMSNorm(cfg.rms_norm_eps, pdt, name="input_norm")(x)
+    q = proj("q_proj", cfg.num_heads * cfg.head_dim, ("embed", "q_proj"), cfg.attention_bias)(
+        h, deterministic).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = proj("k_proj", cfg.num_kv_heads * cfg.head_dim, ("embed", "kv_proj"), cfg.attention_bias)(
+        h, deterministic).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = proj("v_proj", cfg.num_kv_heads * cfg.head_dim, ("embed", "kv_proj"), cfg.attention_bias)(
+        h, deterministic).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if layer_cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                              write_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                              write_index, axis=1)
+      new_cache = {"k": k, "v": v}
+    else:
+      new_cache = None
+    a = attention(q, k.astype(dt), v.astype(dt), query_slots, key_valid)
+    x = x + proj("o_proj", cfg.hidden_size, ("q_proj", "embed"))(a, deterministic)
+    h = RMSNorm(cfg.rms_norm_eps, pdt, name="post_norm")(x)
+    gate = proj("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(h, deterministic)
+    up = proj("up_proj", cfg.intermediate_size, ("embed", "mlp"))(h, deterministic)
+    x = x + proj("down_proj", cfg.hidden_size, ("mlp", "embed"))(nn.silu(gate) * up, deterministic)
+    return x, new_cache
+
+
+class Llama(nn.Module):
+  """Decoder-only causal LM. `output` is 'logits' or 'hidden' (after the final RMSNorm)."""
+  config: LlamaConfig
+  lora: LoraConfig | None = None
+
+  @nn.compact
+  def __call__(self, input_ids: Array, attention_mask: Array, cache: dict | None = None,
+               deterministic: bool = True, output: str = "logits"):
+    cfg = self.config
+    dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
+    mask = attention_mask.astype(bool)
+    t = input_ids.shape[1]
+    if cache is None:
+      offset = jnp.zeros((), jnp.int32)
+      key_valid = mask
+      positions = jnp.cumsum(mask, axis=1) - 1
+    else:
+      offset = cache["index"]
+      key_valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], mask, offset, axis=1)
+      positions = jnp.sum(cache["valid"], axis=1, keepdims=True) + jnp.cumsum(mask, axis=1) - 1
+    positions = jnp.maximum(positions, 0)
+    query_slots = offset + jnp.arange(t)
+    cos, sin = rope_tables(cfg, positions)
+
+    embed = self.param("embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("vocab", "embed")), (cfg.vocab_size, cfg.hidden_size), pdt)
+    x = jnp.take(embed, input_ids, axis=0).astype(dt)
+
+    block = DecoderBlock
+    if cfg.remat:
+      block = nn.remat(block, prevent_cse=False, static_argnums=(7,),
+                       policy=jax.checkpoint_policies.nothing_saveable)
+    layers = nn.scan(
+        block, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
+                 nn.broadcast), length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.lora, name="layers")
+    layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+    x, new_kv = layers(x, layer_cache, cos, sin, query_slots, key_valid, offset, deterministic)
+    x = RMSNorm(cfg.rms_norm_eps, pdt, name="final_norm")(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = {"k": new_kv["k"], "v": new_kv["v"], "valid": key_valid, "index": offset + t}
+    if output == "hidden":
+      return x, new_cache
+    if cfg.tie_word_embeddings:
+      logits = jnp.dot(x, embed.astype(dt).T, preferred_element_type=jnp.float32)
+    else:
+      head = self.param("lm_head", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), pdt)
+      logits = jnp.dot(x, head.astype(dt), preferred_element_type=jnp.float32)
+    return logits, new_cache
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """An empty KV cache of static shape [L, batch, max_len, KVH, hd]."""
+  dtype = dtype or config.compute_dtype
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "valid": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
+
+
+def variables(params, lora=None) -> dict:
+  return {"params": params} if lora is None else {"params": params, "lora": lora}
+
+
+def forward(config: LlamaConfig, params, input_ids, attention_mask, *, lora=None,
+            lora_config: LoraConfig | None = None, cache=None, dropout_rng=None,
+            output: str = "logits"):
+  """Functional entry point: (logits [B,T,V] float32 | hidden [B,T,D], new_cache)."""
+  module = Llama(config, lora_config if lora is not None else None)
+  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+  return module.apply(variables(params, lora), input_ids, attention_mask, cache,
+                      deterministic=dropout_rng is None, output=output, rngs=rngs)
+
+
+def last_hidden_state(config: LlamaConfig, params, input_ids, attention_mask) -> Array:
+  """[B, D] hidden state after the final norm at the last position (left padding: last real)."""
+  hidden, _ = forward(config, params, input_ids, attention_mask, output="hidden")
+  return hidden[:, -1].astype(jnp.float32)
+
+
+def abstract_variables(config: LlamaConfig, lora_config: LoraConfig | None = None):
+  """Shapes and logical axes of every variable, without allocating anything."""
+  module = Llama(config, lora_config)
+  ids = jnp.zeros((1, 1), jnp.int32)
+  boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), ids, ids))
+  axes = nn.get_partition_spec(boxed)
+  shapes = nn.unbox(boxed)
+  to_tuple = lambda spec: tuple(spec)
+  axes = jax.tree.map(to_tuple, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return shapes, axes
+
+
+def init_params(config: LlamaConfig, rng) -> dict:
+  """Random base weights (for unit tests with tiny configs)."""
+  ids = jnp.zeros((1, 1), jnp.int32)
+  return nn.unbox(Llama(config).init(rng, ids, ids))["params"]

@@ -1,0 +1,249 @@
+"""One entry point to load a model: `load_model(path)` for GGUF files and HF safetensors dirs.
+
+GGUF (the embedded SmolLM2 default): every tensor is dequantized to float32, llama.cpp's row
+permutation of attn_q/attn_k is undone, and the float weights plus tokenizer are cached under
+$BIGREC_HOME/converted/ so the next load takes about a second.
+HF directories: config.json + model.safetensors (or a sharded index) + tokenizer files.
+With a mesh, each tensor goes straight into its target sharding (no full copy per device).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigrec_jax import assets
+from bigrec_jax.files import UserError, atomic_path, write_json
+from bigrec_jax.model.config import LlamaConfig
+from bigrec_jax.model.llama import abstract_variables
+
+_HF_LAYER = {"input_norm": "input_layernorm", "post_norm": "post_attention_layernorm",
+             "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+             "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
+             "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"}
+_GGUF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  config: LlamaConfig
+  params: Any  # frozen base weights (pytree of jax arrays)
+  tokenizer: Any  # a transformers tokenizer
+  source: str  # where it came from (for logs, adapter configs and cache keys)
+
+
+def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: str = "float32",
+               mesh=None, remat: bool = False) -> LoadedModel:
+  """Loads a GGUF file or an HF directory (None: the embedded SmolLM2-135M-Instruct GGUF)."""
+  path = path or assets.smollm2_gguf()
+  if not os.path.exists(path):
+    raise UserError(f"{path}: model not found (expected a .gguf file or an HF directory with "
+                    "config.json and *.safetensors)")
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    hf_dir = _convert_gguf(path)
+  elif os.path.isdir(path):
+    hf_dir = path
+  else:
+    raise UserError(f"{path}: unsupported model format (expected .gguf or an HF directory)")
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"{config_path}: missing; an HF model directory needs config.json")
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  try:
+    config = LlamaConfig.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  except (KeyError, ValueError) as e:
+    raise UserError(f"{config_path}: {e}") from None
+  reader = _SafetensorsDir(hf_dir)
+  params = _build_params(config, reader, mesh)
+  return LoadedModel(config, params, load_tokenizer(hf_dir, config.pad_token_id), path)
+
+
+def load_tokenizer(hf_dir: str, pad_token_id: int = 0):
+  """The checkpoint's tokenizer, left-padding with `pad_token_id` (0, as the reference sets)."""
+  from transformers import AutoTokenizer
+
+  tok = AutoTokenizer.from_pretrained(hf_dir)
+  tok.padding_side = "left"
+  tok.pad_token = tok.convert_ids_to_tokens(pad_token_id)
+  return tok
+
+
+class _SafetensorsDir:
+  """Lazy access to the tensors of an HF checkpoint (single file or sharded index)."""
+
+  def __init__(self, directory: str):
+    from safetensors import safe_open
+
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+      with open(index) as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+      files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    if not files:
+      raise UserError(f"{directory}: no *.safetensors weights found")
+    self.where = {}
+    self.handles = {}
+    for name in files:
+      full = os.path.join(directory, name)
+      if not os.path.exists(full):
+        raise UserError(f"{full}: listed in the index but missing")
+      h = safe_open(full, framework="numpy")
+      self.handles[full] = h
+      for key in h.keys():
+        self.where[key] = full
+
+  def get(self, key: str) -> np.ndarray:
+    if key not in self.where:
+      raise UserError(f"tensor {key!r} is missing from the checkpoint "
+                      f"({', '.join(sorted(self.handles))})")
+    return self.handles[self.where[key]].get_tensor(key)
+
+  def has(self, key: str) -> bool:
+    return key in self.where
+
+
+def _hf_getters(config: LlamaConfig, reader: _SafetensorsDir) -> dict[str, Callable]:
+  """Our param path -> a function producing its float32 numpy value in our layout."""
+  g: dict[str, Callable] = {}
+  g["embed"] = lambda: reader.get("model.embed_tokens.weight")
+  g["final_norm/scale"] = lambda: reader.get("model.norm.weight")
+  if not config.tie_word_embeddings:
+    g["lm_head"] = lambda: reader.get("lm_head.weight").T
+  for ours, hf in _HF_LAYER.items():
+    is_norm = ours.endswith("norm")
+    def stacked(hf=hf, is_norm=is_norm, suffix="weight"):
+      ws = [reader.get(f"model.layers.{i}.{hf}.{suffix}") for i in range(config.num_layers)]
+      return np.stack([w if is_norm or suffix == "bias" else w.T for w in ws])
+    g[f"layers/{ours}/{'scale' if is_norm else 'kernel'}"] = stacked
+    if config.attention_bias and ours in ("q_proj", "k_proj", "v_proj"):
+      g[f"layers/{ours}/bias"] = lambda hf=hf: np.stack(
+          [reader.get(f"model.layers.{i}.{hf}.bias") for i in range(config.num_layers)])
+  return g
+
+
+def _build_params(config: LlamaConfig, reader: _SafetensorsDir, mesh) -> dict:
+  from bigrec_jax import parallel
+
+  shapes, axes = abstract_variables(config)
+  shapes, axes = shapes["params"], axes["params"]
+  getters = _hf_getters(config, reader)
+  flat_shapes = {"/".join(str(k.key) for k in path): leaf
+                 for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
+  flat_axes = {"/".join(str(k.key) for k in path): leaf for path, leaf in
+               jax.tree_util.tree_leaves_with_path(axes, is_leaf=lambda x: isinstance(x, tuple))}
+  out = {}
+  dtype = jnp.dtype(config.param_dtype)
+  for name, spec in flat_shapes.items():
+    if name not in getters:
+      raise UserError(f"no checkpoint tensor maps to parameter {name}")
+    value = np.asarray(getters[name](), dtype=np.float32)
+    if value.shape != spec.shape:
+      raise UserError(f"tensor for {name} has shape {value.shape}, expected {spec.shape} "
+                      f"from config ({config.architecture})")
+    value = value.astype(dtype)
+    if mesh is None:
+      out[name] = jnp.asarray(value)
+    else:
+      sharding = parallel.sharding_for(flat_axes[name], mesh, value.shape)
+      out[name] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
+  return _unflatten(out)
+
+
+def _unflatten(flat: dict[str, Any]) -> dict:
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def _convert_gguf(path: str) -> str:
+  """Converts a llama-architecture GGUF file to an HF-style directory in the cache (once)."""
+  st = os.stat(path)
+  key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()
+                       ).hexdigest()[:16]
+  out = os.path.join(assets.home(), "converted", f"{os.path.basename(path)}.{key}")
+  done = os.path.join(out, ".complete")
+  if os.path.exists(done):
+    return out
+  import gguf
+  from safetensors.numpy import save_file
+
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # the gguf package raises bare ValueErrors on bad files
+    raise UserError(f"{path}: not a readable GGUF file ({e})") from None
+  field = lambda k, default=None: reader.fields[k].contents() if k in reader.fields else default
+  arch = field("general.architecture")
+  if arch != "llama":
+    raise UserError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
+  n_layer = int(field("llama.block_count"))
+  n_head = int(field("llama.attention.head_count"))
+  n_kv = int(field("llama.attention.head_count_kv", n_head))
+  hidden = int(field("llama.embedding_length"))
+  tensors = {t.name: t for t in reader.tensors}
+
+  def load(name: str) -> np.ndarray:
+    if name not in tensors:
+      raise UserError(f"{path}: tensor {name!r} is missing")
+    t = tensors[name]
+    return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+
+  def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    # llama.cpp interleaves the two rotary halves of every head; restore HF's rotate_half order.
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+  weights = {"model.embed_tokens.weight": load("token_embd.weight"),
+             "model.norm.weight": load("output_norm.weight")}
+  tied = "output.weight" not in tensors
+  if not tied:
+    weights["lm_head.weight"] = load("output.weight")
+  for i in range(n_layer):
+    for hf, gg in _GGUF_LAYER.items():
+      w = load(f"blk.{i}.{gg}.weight")
+      if gg == "attn_q":
+        w = unpermute(w, n_head)
+      elif gg == "attn_k":
+        w = unpermute(w, n_kv)
+      weights[f"model.layers.{i}.{hf}.weight"] = w
+  vocab = weights["model.embed_tokens.weight"].shape[0]
+  config = {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+      "hidden_size": hidden, "intermediate_size": int(field("llama.feed_forward_length")),
+      "num_hidden_layers": n_layer, "num_attention_heads": n_head, "num_key_value_heads": n_kv,
+      "head_dim": int(field("llama.rope.dimension_count", hidden // n_head)),
+      "rope_theta": float(field("llama.rope.freq_base", 10000.0)),
+      "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+      "max_position_embeddings": int(field("llama.context_length", 2048)),
+      "tie_word_embeddings": tied, "bos_token_id": field("tokenizer.ggml.bos_token_id"),
+      "eos_token_id": field("tokenizer.ggml.eos_token_id", 2), "pad_token_id": 0,
+      "source_gguf": os.path.abspath(path)}
+  os.makedirs(out, exist_ok=True)
+  with atomic_path(os.path.join(out, "model.safetensors")) as tmp:
+    save_file(weights, tmp)
+  write_json(os.path.join(out, "config.json"), config)
+  _save_gguf_tokenizer(path, out)
+  write_json(done, {"source": os.path.abspath(path)})
+  return out
+
+
+def _save_gguf_tokenizer(gguf_path: str, out: str) -> None:
+  from transformers import AutoTokenizer
+
+  tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                      gguf_file=os.path.basename(gguf_path))
+  tok.save_pretrained(out)
