@@ -1,0 +1,68 @@
+"""Default BIGRec configuration: the reference hyperparameters (SPEC.md) on the embedded assets.
+
+Every field can be overridden on the command line, e.g. `--config.train.learning_rate=3e-4`.
+Other presets (configs/demo.py, movie_llama7b.py, ...) start from this one.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Model: None/"" = the embedded SmolLM2-135M-Instruct GGUF; else a .gguf or HF directory.
+  c.model = ml_collections.ConfigDict()
+  c.model.path = ""
+  c.model.dtype = "float32"  # compute dtype; bfloat16 on GPU/TPU
+  c.model.param_dtype = "float32"
+  c.model.remat = False
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 8
+  c.lora.alpha = 16.0
+  c.lora.dropout = 0.05
+  c.lora.targets = ("q_proj", "v_proj")
+
+  # Data: a directory written by launch/prepare_data.py.
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""
+  c.data.sample = 1024  # few-shot: first N training rows after a seeded shuffle; -1 = all
+  c.data.cutoff_len = 512
+  c.data.train_on_inputs = True  # reference: loss over the whole prompt
+  c.data.group_by_length = True
+  c.data.bucket_multiple = 64
+
+  c.train = ml_collections.ConfigDict()
+  c.train.learning_rate = 1e-4
+  c.train.warmup_steps = 20
+  c.train.weight_decay = 0.0
+  c.train.max_grad_norm = 0.0  # 0 = no clipping (HF Trainer clips at 1.0 when asked)
+  c.train.micro_batch_size = 4  # per data-parallel replica
+  c.train.batch_size = 128  # effective batch: micro-batches accumulated inside one step
+  c.train.num_epochs = 50
+  c.train.max_steps = -1  # -1 = planned from epochs
+  c.train.early_stopping_patience = 5
+  c.train.eval_every_epochs = 1
+  c.train.keep_checkpoints = 2
+  c.train.log_every_steps = 1
+
+  # Device mesh (data, fsdp, tensor); -1 = the rest of the devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)
+
+  c.generate = ml_collections.ConfigDict()
+  c.generate.num_beams = 4
+  c.generate.num_return_sequences = 4
+  c.generate.max_new_tokens = 128
+  c.generate.batch_size = 8
+  c.generate.length_penalty = 1.0
+  c.generate.constrained = False  # restrict beams to catalog titles (beyond the paper)
+  c.generate.stop_at_closing_quote = False
+
+  c.ground = ml_collections.ConfigDict()
+  c.ground.embed_batch_size = 16
+  c.ground.ks = (1, 3, 5, 10, 20, 50)
+  c.ground.all_beams = False
+  return c
