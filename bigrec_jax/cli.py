@@ -1,15 +1,17 @@
 """Shared launcher plumbing: every `launch/*.py` runs its main through `run`.
 
-A `UserError` (bad flag, bad file) is printed as one paragraph on stderr with exit status 2 and
-no traceback; anything else is a bug and keeps its traceback.
+A bad flag or config override, or a `UserError` (bad file, bad value), is printed as one
+paragraph on stderr with exit status 2 and no traceback; anything else is a bug and keeps its
+traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from typing import Callable
 
-from absl import app
+from absl import app, flags
 
 from bigrec_jax.files import UserError
 
@@ -22,6 +24,14 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, UserError, ValueError, FileNotFoundError, KeyError) as e:
+    prog = os.path.basename(argv[0]) if argv else "launcher"
+    fail(f"{prog}: {e} (run with --help to see every flag)")
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   def guarded(argv):
     try:
@@ -29,7 +39,4 @@ def run(main: Callable[[list[str]], None]) -> None:
     except UserError as e:
       fail(str(e))
 
-  try:
-    app.run(guarded)
-  except UserError as e:  # raised while flags were being parsed (config files)
-    fail(str(e))
+  app.run(guarded, flags_parser=_parse_flags)
