@@ -1,0 +1,78 @@
+"""The prompt builder: the only place that knows BIGRec's Alpaca-style template.
+
+Training, generation, constrained decoding and grounding all build text through this module, so
+the prompt a model is trained on is byte-for-byte the prompt it is asked at generation time
+(the reference had one space after "request." in train.py and two in inference.py; we keep one).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+HEADER = ("Below is an instruction that describes a task, paired with an input that provides "
+          "further context. Write a response that appropriately completes the request. \n\n")
+RESPONSE_MARKER = "### Response:\n"
+
+INSTRUCTIONS: dict[str, str] = {
+    "movie": ("Given a list of movies the user has watched before, please recommend a new movie "
+              "that the user likes to the user."),
+    "game": ("Given a list of video games the user has played before, please recommend a new "
+             "video game that the user likes to the user."),
+}
+INPUT_PREFIXES: dict[str, str] = {
+    "movie": "The user has watched the following movies before:",
+    "game": "The user has played the following video games before:",
+}
+DOMAINS = tuple(INSTRUCTIONS)
+
+
+def check_domain(domain: str) -> str:
+  if domain not in INSTRUCTIONS:
+    raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
+  return domain
+
+
+def quote(title: str) -> str:
+  """A title as it appears in prompts and as the target output: `"Title"`."""
+  return f'"{title}"'
+
+
+def unquote(text: str) -> str:
+  """Inverse of `quote` for grounding: strips surrounding spaces and double quotes."""
+  return text.strip().strip('"').strip()
+
+
+def format_history(titles: Sequence[str]) -> str:
+  """`"T1", "T2", ...` (no trailing separator)."""
+  return ", ".join(quote(t) for t in titles)
+
+
+def instruction_for(domain: str) -> str:
+  return INSTRUCTIONS[check_domain(domain)]
+
+
+def input_for(domain: str, history_titles: Sequence[str]) -> str:
+  """The input field: prefix, quoted history, then newline and one space (reference format)."""
+  return f"{INPUT_PREFIXES[check_domain(domain)]}{format_history(history_titles)}\n "
+
+
+def make_fields(domain: str, history_titles: Sequence[str], target_title: str) -> dict[str, str]:
+  """The three reference fields of one example row."""
+  return {"instruction": instruction_for(domain), "input": input_for(domain, history_titles),
+          "output": quote(target_title)}
+
+
+def prompt_for(row: Mapping[str, str]) -> str:
+  """The text a model sees before it answers, ending with `### Response:\\n`."""
+  return (f"{HEADER}### Instruction:\n{row['instruction']}\n\n"
+          f"### Input:\n{row['input']}\n\n{RESPONSE_MARKER}")
+
+
+def full_text(row: Mapping[str, str]) -> str:
+  """Prompt plus the target output: the training text (EOS is added by the tokenizer step)."""
+  return prompt_for(row) + row["output"]
+
+
+def response_of(generated: str) -> str:
+  """The part of a decoded text after the last response marker (the prediction)."""
+  i = generated.rfind(RESPONSE_MARKER)
+  return generated if i < 0 else generated[i + len(RESPONSE_MARKER):]

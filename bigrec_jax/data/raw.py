@@ -1,0 +1,112 @@
+"""What every reader returns, and the line-by-line file access that names file:line on errors.
+
+Readers read everything before anything is written, so a bad line stops the run with a message
+(`path:line: what is wrong`) and leaves no output behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from typing import Iterator
+
+import numpy as np
+
+from bigrec_jax.files import UserError
+
+
+@dataclasses.dataclass
+class RawLog:
+  """A dataset as read from disk: the catalog and the interaction log in file order.
+
+  `item_index[k]` is the catalog position (the future item_id) of interaction k.
+  """
+  name: str
+  item_raw_ids: list[str]
+  titles: list[str]
+  user_ids: list[str]
+  item_index: np.ndarray  # int64 [n]
+  ratings: np.ndarray  # float64 [n]
+  timestamps: np.ndarray  # int64 [n]
+  sources: dict[str, str]
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_items(self) -> int:
+    return len(self.titles)
+
+  @property
+  def num_interactions(self) -> int:
+    return int(self.item_index.shape[0])
+
+  @property
+  def num_users(self) -> int:
+    return len(set(self.user_ids))
+
+
+def require_file(path: str | os.PathLike, what: str) -> str:
+  path = os.fspath(path)
+  if not path:
+    raise UserError(f"no {what} file given")
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: {what} file not found")
+  return path
+
+
+def _open_binary(path: str):
+  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def numbered_lines(path: str, encoding: str = "utf-8", what: str = "input") -> Iterator[tuple[int, str]]:
+  """(1-based line number, text without the line break) for every non-empty line."""
+  require_file(path, what)
+  try:
+    with _open_binary(path) as f:
+      for lineno, raw in enumerate(f, start=1):
+        try:
+          text = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+          raise UserError(f"{path}:{lineno}: not valid {encoding} ({e.reason} at column "
+                          f"{e.start + 1}); pass the right encoding") from None
+        text = text.rstrip("\r\n")
+        if text.strip():
+          yield lineno, text
+  except (OSError, EOFError) as e:  # e.g. a truncated .gz
+    raise UserError(f"{path}: cannot be read ({e})") from None
+
+
+def parse_int(path: str, lineno: int, field: str, text: str) -> int:
+  """Integer (a float with no fraction, as recbole writes timestamps, is accepted)."""
+  try:
+    return int(text)
+  except ValueError:
+    pass
+  try:
+    value = float(text)
+  except ValueError:
+    raise UserError(f"{path}:{lineno}: {field} {text!r} is not a number") from None
+  if not np.isfinite(value) or value != int(value):
+    raise UserError(f"{path}:{lineno}: {field} {text!r} is not a whole number")
+  return int(value)
+
+
+def parse_float(path: str, lineno: int, field: str, text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise UserError(f"{path}:{lineno}: {field} {text!r} is not a number") from None
+  if not np.isfinite(value):
+    raise UserError(f"{path}:{lineno}: {field} {text!r} is not finite")
+  return value
+
+
+def make_log(name: str, item_raw_ids: list[str], titles: list[str], users: list[str],
+             items: list[int], ratings: list[float], timestamps: list[int], sources: dict[str, str],
+             dropped: dict[str, int] | None = None) -> RawLog:
+  if not users:
+    raise UserError(f"{', '.join(sources.values())}: no usable interactions")
+  return RawLog(name=name, item_raw_ids=item_raw_ids, titles=titles, user_ids=users,
+                item_index=np.asarray(items, dtype=np.int64),
+                ratings=np.asarray(ratings, dtype=np.float64),
+                timestamps=np.asarray(timestamps, dtype=np.int64), sources=sources,
+                dropped=dict(dropped or {}))
