@@ -34,18 +34,11 @@ def hf_smollm2():
 
 @pytest.fixture(scope="session")
 def bigrec_prompts():
-  """A few real BIGRec-style prompts (movie domain)."""
-  instruction = ("Given a list of movies the user has watched before, please recommend a new "
-                 "movie that the user likes to the user.")
+  """A few real BIGRec prompts (movie domain, ML-100K titles), built by the prompt builder."""
+  from bigrec_jax.data import prompts
+
   histories = [["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat"],
                ["Star Wars", "Fargo", "Contact"],
                ["Scream", "Liar Liar", "Air Force One", "Titanic", "Evita", "Jackie Brown"],
                ["Twelve Monkeys"]]
-  out = []
-  for h in histories:
-    inp = "The user has watched the following movies before:" + ", ".join(
-        f'"{t}"' for t in h) + "\n "
-    out.append("Below is an instruction that describes a task, paired with an input that provides "
-               "further context. Write a response that appropriately completes the request. \n\n"
-               f"### Instruction:\n{instruction}\n\n### Input:\n{inp}\n\n### Response:\n")
-  return out
+  return [prompts.prompt_for(prompts.make_fields("movie", h, "")) for h in histories]
