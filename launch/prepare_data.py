@@ -1,10 +1,10 @@
 """Raw interaction logs -> the prepared-data directory (items.tsv, train/valid/test JSON, ...).
 
   python launch/prepare_data.py --dataset=ml-100k --out_dir=/tmp/ml100k      # embedded data
-  python launch/prepare_data.py --dataset=ml-10m --interactions=ml-10M100K/ratings.dat \
-      --items=ml-10M100K/movies.dat --out_dir=data/ml10m
-  python launch/prepare_data.py --dataset=amazon --interactions=Video_Games_5.json.gz \
-      --items=meta_Video_Games.json.gz --out_dir=data/games
+  python launch/prepare_data.py --dataset=ml-10m --out_dir=data/ml10m
+      --interactions=ml-10M100K/ratings.dat --items=ml-10M100K/movies.dat
+  python launch/prepare_data.py --dataset=amazon --out_dir=data/games --tfds
+      --interactions=Video_Games_5.json.gz --items=meta_Video_Games.json.gz
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from bigrec_jax import cli
 from bigrec_jax.files import UserError
 from bigrec_jax.data import prepare
 
-_DATASET = flags.DEFINE_string(
-    "dataset", "ml-100k", f"Which raw format to read: one of {', '.join(prepare.DATASETS)}.")
+_DATASET = flags.DEFINE_enum(
+    "dataset", "ml-100k", list(prepare.DATASETS),
+    "Which raw format to read (ml-100k is embedded; the others need --interactions and --items).")
 _INTERACTIONS = flags.DEFINE_string(
     "interactions", None,
     "Interaction log. ml-100k: recbole ml-100k.inter (default: the embedded copy); ml-1m/ml-10m: "
@@ -44,8 +45,8 @@ _VALID_TEST_SIZE = flags.DEFINE_integer(
 _EVAL_SEED = flags.DEFINE_integer("valid_test_seed", 42, "Seed of the valid/test samples (reference: 42).")
 _TRAIN_FRACTION = flags.DEFINE_float("train_fraction", 0.8, "Earliest fraction of examples for training.")
 _VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Next fraction for validation; test gets the rest.")
-_TITLE_ARTICLES = flags.DEFINE_string(
-    "title_articles", "keep", "'keep' or 'front'. MovieLens 'Usual Suspects, The (1995)': keep as given, or 'front' -> 'The Usual Suspects (1995)'.")
+_TITLE_ARTICLES = flags.DEFINE_enum(
+    "title_articles", "keep", ["keep", "front"], "MovieLens 'Usual Suspects, The (1995)': keep as given, or 'front' -> 'The Usual Suspects (1995)'.")
 _APPEND_YEAR = flags.DEFINE_boolean(
     "append_year", False, "ml-100k only: append the release year, 'Toy Story (1995)' (recbole "
     "titles carry none, which leaves 22 titles shared by several movies).")

@@ -83,9 +83,13 @@ def build(prepared_dir: str, data_dir: str | None = None,
 
 def data_source(data_dir: str, split: str):
   """Random-access source of one split (records in TFDS order; use the `index` field)."""
+  if not os.path.isdir(os.path.join(data_dir, NAME)):
+    raise UserError(f"{data_dir}: no built {NAME} dataset (build it with "
+                    "launch/prepare_data.py --tfds)")
   try:
-    return tfds.data_source(NAME, data_dir=data_dir, split=split)
-  except (ValueError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    return tfds.data_source(NAME, data_dir=data_dir, split=split, download=False)
+  except (ValueError, FileNotFoundError, AssertionError, KeyError,
+          tfds.core.registered.DatasetNotFoundError) as e:
     raise UserError(f"{data_dir}: no built {NAME} split {split!r} ({e})") from None
 
 
