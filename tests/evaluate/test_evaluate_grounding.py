@@ -1,0 +1,86 @@
+"""evaluate_grounding + report on a tiny catalog: every number, gamma, count, table and plot."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bigrec_jax.evaluate import grounding, inputs, report
+from bigrec_jax.evaluate.metrics import ranking_metrics
+
+import evaluate_fixtures as fx
+
+KS = (1, 3, 5, 10)
+
+
+def _split(tmp_path, name, catalog, table, seed, with_cf=True):
+  rows = fx.prediction_rows(24, seed=seed, empty_every=7)
+  preds = inputs.read_predictions(fx.write_rows(str(tmp_path / f"{name}.json"), rows), catalog)
+  rng = np.random.default_rng(seed)
+  ids = {t: catalog.ids_by_title[t][0] for t in catalog.ids_by_title}
+  queries = np.stack([table[ids[t]] + 0.8 * rng.normal(size=table.shape[1]) if t else
+                      np.zeros(table.shape[1]) for t in preds.texts]).astype(np.float32)
+  cf = {"sasrec": rng.normal(size=(24, catalog.num_items))} if with_cf else {}
+  return grounding.SplitInputs(name, queries, preds, cf)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("eval")
+  data = fx.write_prepared(str(tmp_path / "data"))
+  catalog = inputs.read_catalog(str(tmp_path / "data"))
+  table = np.random.default_rng(3).normal(size=(32, 8)).astype(np.float32)
+  valid = _split(tmp_path, "valid", catalog, table, seed=4)
+  test = _split(tmp_path, "test", catalog, table, seed=5)
+  result = grounding.evaluate_grounding(table, data["counts"], valid, test, ks=KS,
+                                        pop_grid=(0.0, 1.0, 4.0, 20.0),
+                                        cf_grid=(0.0, 0.1, 1.0, 9.0), query_batch=16)
+  return tmp_path, table, valid, test, data["counts"], result
+
+
+def test_plain_metrics_follow_cdist_and_empty_rows_never_hit(evaluated):
+  _, table, _, test, _, result = evaluated
+  d = np.sqrt(((test.queries[:, None].astype(np.float64) - table[None]) ** 2).sum(-1))
+  rank = np.argsort(np.argsort(d, axis=1, kind="stable"), axis=1, kind="stable")
+  t = test.predictions.targets
+  best = np.min(np.where(t >= 0, np.take_along_axis(rank, np.maximum(t, 0), 1), 99), axis=1)
+  best = np.where(test.predictions.empty, 32, best)
+  assert result.metrics["methods"]["bigrec"]["test"] == pytest.approx(ranking_metrics(best, KS))
+  assert (result.test_top_ids["bigrec"][test.predictions.empty] == -1).all()
+
+
+def test_metrics_hold_every_method_gamma_and_count(evaluated):
+  _, _, valid, _, _, result = evaluated
+  m = result.metrics
+  assert set(m["methods"]) == {"bigrec", "bigrec+pop", "bigrec+cf:sasrec", "bigrec+pop+cf:sasrec"}
+  twins = int(np.isin(valid.predictions.target_ids, (30, 31)).sum())
+  assert twins >= 6
+  assert m["counts"]["valid"] == {"rows": 24, "empty_predictions": 4,
+                                  "rows_with_duplicate_title_targets": twins}
+  for name, method in m["methods"].items():
+    assert set(method["test"]) == {f"{x}@{k}" for x in ("NDCG", "HR") for k in KS}
+    if name != "bigrec":
+      assert set(method["gammas"]) == set(method["test"])
+      for metric, g in method["gammas"].items():  # chosen on valid by the metric itself
+        curve = method["search"]["valid_curves"][metric]
+        assert method["valid"][metric] == max(curve)
+  pop = m["methods"]["bigrec+pop"]
+  assert all(g["cf"] == 0 for g in pop["gammas"].values())
+  assert pop["valid"]["NDCG@10"] >= m["methods"]["bigrec"]["valid"]["NDCG@10"]  # gamma 0 in grid
+  json.dumps(m)  # JSON-ready
+
+
+def test_report_writes_metrics_table_and_plots(evaluated):
+  tmp_path, _, _, test, counts, result = evaluated
+  paths = report.write_report(str(tmp_path / "out"), result, counts, test.predictions.target_ids)
+  with open(paths["metrics"]) as f:
+    assert json.load(f) == json.loads(json.dumps(result.metrics))
+  for key in ("gamma_curves", "popularity"):
+    with open(paths[key], "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  table = report.format_table(result.metrics)
+  print(table)
+  assert "bigrec+pop+cf:sasrec" in table and "24 rows, 4 empty predictions" in table
+  assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
