@@ -2,7 +2,8 @@
 
 Everything is read, checked and built in memory first; only then is each file written through
 `files.atomic_write`, so a bad input line leaves nothing behind and an interrupted run never
-leaves a half-written file. stats.json is written last.
+leaves a half-written file. stats.json is removed first and written last, so a directory
+without it is an interrupted run (load_prepared refuses it).
 """
 from __future__ import annotations
 
@@ -147,18 +148,22 @@ def few_shot_file(n: int, seed: int) -> str:
   return f"train_n{n}_seed{seed}.json"
 
 
-def prepare(dataset: str, out_dir: str, interactions_path: str | None = None,
-            items_path: str | None = None, options: PrepareOptions | None = None) -> dict[str, Any]:
-  """Reads the raw dataset, builds every prepared file in `out_dir` and returns stats.json's dict.
+@dataclasses.dataclass
+class Built:
+  """Everything `prepare` writes, built in memory first."""
+  log: RawLog
+  rows: dict[str, list[dict]]  # file stem -> rows (train, valid, test, samples, few-shot)
+  popularity: list[int]
+  stats: dict[str, Any]
 
-  Paths default to the embedded ML-100K for `dataset="ml-100k"`; other datasets need both.
-  """
+
+def build(dataset: str, interactions_path: str | None = None, items_path: str | None = None,
+          options: PrepareOptions | None = None, out_dir: str = "-") -> Built:
+  """Reads and checks the raw files and builds every row; writes nothing."""
   options = options or PrepareOptions()
-  started = time.time()
   spec = _check_options(dataset, out_dir, options)
   rules = resolve_rules(spec, options)
   domain = options.domain or spec.domain
-
   log = spec.read(interactions_path, items_path, options)
   log.titles = [titles_lib.style_title(t, options.title_articles) for t in log.titles]
   for item_id, title in enumerate(log.titles):
@@ -174,43 +179,59 @@ def prepare(dataset: str, out_dir: str, interactions_path: str | None = None,
                                                    rules.valid_fraction)))
   rows = {name: [sequences.make_row(e, log.titles, domain) for e in part]
           for name, part in parts.items()}
-  eval_samples = {name: sequences.sample_rows(rows[name], options.eval_sample_size,
-                                              options.eval_sample_seed)
-                  for name in EVAL_SAMPLE_FILES}
-  popularity = sequences.training_popularity(log, parts["train"])
-  few = None
+  for name, file in EVAL_SAMPLE_FILES.items():
+    rows[file.removesuffix(".json")] = sequences.sample_rows(
+        rows[name], options.eval_sample_size, options.eval_sample_seed)
   if options.few_shot_sample != -1:
-    few = sequences.few_shot(rows["train"], options.few_shot_sample, options.few_shot_seed)
+    rows[few_shot_file(options.few_shot_sample, options.few_shot_seed).removesuffix(".json")] = (
+        sequences.few_shot(rows["train"], options.few_shot_sample, options.few_shot_seed))
+  popularity = sequences.training_popularity(log, parts["train"])
+  stats = _stats(dataset, domain, log, rules, options, parts, rows, popularity)
+  return Built(log, rows, popularity, stats)
 
-  stats = _stats(dataset, domain, log, rules, options, parts, eval_samples, few, popularity)
+
+def write(out_dir: str, built: Built, build_tfds: bool = False) -> dict[str, Any]:
+  """Writes every file atomically (stats.json last); returns the stats written."""
   os.makedirs(out_dir, exist_ok=True)
+  stats_path = os.path.join(out_dir, "stats.json")
+  if os.path.exists(stats_path):  # until the new one is written, the directory reads as incomplete
+    os.remove(stats_path)
+  log = built.log
   files.atomic_write(os.path.join(out_dir, "items.tsv"),
                      "".join(f"{i}\t{t}\n" for i, t in enumerate(log.titles)))
   files.write_json(os.path.join(out_dir, "item_map.json"),
                    {raw_id: i for i, raw_id in enumerate(log.item_raw_ids)})
-  for name in SPLITS:
-    prepared.write_rows(os.path.join(out_dir, f"{name}.json"), rows[name])
-  for name, file in EVAL_SAMPLE_FILES.items():
-    prepared.write_rows(os.path.join(out_dir, file), eval_samples[name])
-  if few is not None:
-    prepared.write_rows(os.path.join(out_dir, few_shot_file(options.few_shot_sample,
-                                                           options.few_shot_seed)), few)
-  files.write_json(os.path.join(out_dir, "popularity.json"), popularity, indent=None)
-  if options.build_tfds:
+  for stem, rows in built.rows.items():
+    prepared.write_rows(os.path.join(out_dir, f"{stem}.json"), rows)
+  files.write_json(os.path.join(out_dir, "popularity.json"), built.popularity, indent=None)
+  stats = dict(built.stats)
+  if build_tfds:
     from bigrec_jax.data import tfds_builder  # imports tensorflow_datasets only when asked
 
-    stats["tfds_dir"] = tfds_builder.build(out_dir, rows_by_split={**rows, **{
-        f"{k}_5000": v for k, v in eval_samples.items()}})
-  stats["seconds"] = round(time.time() - started, 3)
-  files.write_json(os.path.join(out_dir, "stats.json"), stats)
+    stats["tfds_dir"] = tfds_builder.build(out_dir, rows_by_split={
+        k: v for k, v in built.rows.items() if k in tfds_builder.SPLITS})
+  files.write_json(stats_path, stats)
   return stats
+
+
+def prepare(dataset: str, out_dir: str, interactions_path: str | None = None,
+            items_path: str | None = None, options: PrepareOptions | None = None) -> dict[str, Any]:
+  """Reads the raw dataset, writes the prepared-data directory, returns stats.json's dict.
+
+  Paths default to the embedded ML-100K for `dataset="ml-100k"`; other datasets need both.
+  """
+  options = options or PrepareOptions()
+  started = time.time()
+  built = build(dataset, interactions_path, items_path, options, out_dir)
+  built.stats["build_seconds"] = round(time.time() - started, 3)
+  return write(out_dir, built, options.build_tfds)
 
 
 def _time_range(part) -> list[int] | None:
   return [part[0].timestamp, part[-1].timestamp] if part else None
 
 
-def _stats(dataset, domain, log, rules, options, parts, eval_samples, few, popularity):
+def _stats(dataset, domain, log, rules, options, parts, rows, popularity):
   dup = titles_lib.duplicate_titles(log.titles)
   users_with_examples = len({e.user_id for part in parts.values() for e in part})
   return {
@@ -228,16 +249,11 @@ def _stats(dataset, domain, log, rules, options, parts, eval_samples, few, popul
       "duplicate_titles": len(dup),
       "items_sharing_a_title": sum(len(v) for v in dup.values()),
       "dropped": log.dropped,
-      "examples": {**{k: len(v) for k, v in parts.items()},
-                   **{EVAL_SAMPLE_FILES[k].removesuffix(".json"): len(v)
-                      for k, v in eval_samples.items()},
-                   **({few_shot_file(options.few_shot_sample, options.few_shot_seed)
-                       .removesuffix(".json"): len(few)} if few is not None else {})},
+      "examples": {k: len(v) for k, v in rows.items()},
       "target_time_range": {k: _time_range(v) for k, v in parts.items()},
       "rules": dataclasses.asdict(rules),
       "options": dataclasses.asdict(options),
   }
-
 
 
 def summary(stats: dict[str, Any], out_dir: str) -> str:
@@ -247,4 +263,4 @@ def summary(stats: dict[str, Any], out_dir: str) -> str:
           f"{stats['interactions']} interactions; examples "
           + ", ".join(f"{k} {v}" for k, v in ex.items())
           + f"; {stats['duplicate_titles']} titles shared by several items; "
-          f"{stats['seconds']:.1f} s")
+          f"built in {stats.get('build_seconds', 0):.1f} s")

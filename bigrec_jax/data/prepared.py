@@ -151,8 +151,12 @@ def load_prepared(directory: str | os.PathLike) -> Prepared:
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise UserError(f"{directory}: prepared-data directory not found (run launch/prepare_data.py)")
+  stats_path = os.path.join(directory, "stats.json")
+  if not os.path.exists(stats_path):
+    raise UserError(f"{stats_path}: file not found; the directory is not a finished prepared-data "
+                    "directory (interrupted run?): run launch/prepare_data.py again")
   titles = read_items(directory)
-  stats = files.read_json(os.path.join(directory, "stats.json"))
+  stats = files.read_json(stats_path)
   if not isinstance(stats, dict):
     raise UserError(f"{directory}/stats.json: expected a JSON object")
   return Prepared(directory, titles, read_popularity(directory, len(titles)), stats)

@@ -146,3 +146,18 @@ def test_toy_prepared_files(toy_prepared):
   assert data.popularity.tolist() == [2, 2, 2, 1, 1]
   assert [len(data.rows(s)) for s in ("train", "valid", "test", "valid_5000", "test_5000")] == [
       4, 1, 1, 1, 1]
+
+
+def test_directory_without_stats_is_refused(toy_prepared):
+  os.remove(os.path.join(toy_prepared, "stats.json"))
+  with pytest.raises(UserError, match="interrupted run"):
+    prepared.load_prepared(toy_prepared)
+
+
+def test_build_writes_nothing_and_write_is_complete(tmp_path, toy_dat):
+  built = prepare.build("ml-1m", *toy_dat, prepare.PrepareOptions(history_len=2, min_history=2))
+  assert not list(tmp_path.glob("out*"))
+  assert set(built.rows) == {"train", "valid", "test", "valid_5000", "test_5000"}
+  stats = prepare.write(str(tmp_path / "out"), built)
+  assert sorted(os.listdir(tmp_path / "out")) == sorted(CONTRACT_FILES)
+  assert stats["examples"] == {"train": 2, "valid": 0, "test": 1, "valid_5000": 0, "test_5000": 1}
