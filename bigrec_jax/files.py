@@ -15,6 +15,10 @@ from typing import Any, Iterator
 import numpy as np
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class UserError(Exception):
   """Bad input, flag or config: the message names the file/line/flag and says what to do."""
 
@@ -31,6 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     yield tmp
     with open(tmp, "rb+") as f:
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
