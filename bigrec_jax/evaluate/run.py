@@ -1,0 +1,127 @@
+"""`evaluate_predictions`: the whole evaluation stage behind launch/evaluate.py.
+
+read and check every input -> embed the catalog (cached) and the predictions with the base model
+-> ground plainly, with popularity and with each CF source (gammas tuned on valid) -> write the
+plots, test_top_items.json and, last, metrics.json (all atomically). Every input is checked
+before the model is loaded, so bad input fails in seconds and leaves no partial output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from bigrec_jax import assets, files, parallel
+from bigrec_jax.evaluate import grounding, inputs, report
+from bigrec_jax.evaluate.metrics import DEFAULT_KS
+from bigrec_jax.files import UserError
+from bigrec_jax.ground import gamma as gamma_lib
+
+
+@dataclasses.dataclass
+class EvaluateOptions:
+  data_dir: str  # prepared-data directory (items.tsv, popularity.json)
+  valid_predictions: str  # generated rows with `predict` for valid_5000
+  test_predictions: str
+  out_dir: str
+  model: str | None = None  # .gguf file or HF directory; None: the embedded SmolLM2
+  cf_names: Sequence[str] = ()  # one name per CF source, e.g. ("sasrec",)
+  cf_valid_scores: Sequence[str] = ()  # [valid rows, N] .npy per source
+  cf_test_scores: Sequence[str] = ()
+  ks: Sequence[int] = DEFAULT_KS
+  beam: int = 0  # which returned sequence to ground (0: the best beam, as the reference)
+  pop_gammas: Sequence[float] = gamma_lib.POP_GAMMAS
+  cf_gammas: Sequence[float] = gamma_lib.CF_GAMMAS
+  both: bool = True  # also popularity + CF together (an extension)
+  embedding_cache: str | None = None  # default: $BIGREC_HOME/embeddings
+  embed_batch_size: int = 64
+  query_batch: int = 256
+  gamma_batch: int = 4
+  mesh_shape: Sequence[int] = (-1, 1, 1)
+  dtype: str = "float32"
+  progress: bool = True
+
+
+def _check(opts: EvaluateOptions) -> None:
+  n = len(opts.cf_names)
+  if len(opts.cf_valid_scores) != n or len(opts.cf_test_scores) != n:
+    raise UserError(f"--cf_names ({n}), --cf_valid_scores ({len(opts.cf_valid_scores)}) and "
+                    f"--cf_test_scores ({len(opts.cf_test_scores)}) must list one entry per source")
+  if len(set(opts.cf_names)) != n:
+    raise UserError(f"--cf_names has duplicates: {list(opts.cf_names)}")
+  if not opts.ks or any(k < 1 for k in opts.ks):
+    raise UserError(f"--ks must be positive integers, got {list(opts.ks)}")
+  if opts.beam < 0:
+    raise UserError(f"--beam must be >= 0, got {opts.beam}")
+  for name, grid in (("--pop_gammas", opts.pop_gammas), ("--cf_gammas", opts.cf_gammas)):
+    if not len(grid) or any(g < 0 or not np.isfinite(g) for g in grid):
+      raise UserError(f"{name} must be a non-empty list of non-negative numbers")
+
+
+def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
+  """Runs the evaluation stage and returns metrics.json's content. `model`: a preloaded one."""
+  _check(opts)
+  start = time.time()
+  catalog = inputs.read_catalog(opts.data_dir)
+  counts = inputs.read_popularity(opts.data_dir, catalog.num_items)
+  if max(opts.ks) > catalog.num_items:
+    raise UserError(f"--ks {list(opts.ks)}: K cannot exceed the {catalog.num_items} catalog items")
+  preds = {s: inputs.read_predictions(p, catalog, opts.beam)
+           for s, p in (("valid", opts.valid_predictions), ("test", opts.test_predictions))}
+  cf = {"valid": {}, "test": {}}
+  for name, v, t in zip(opts.cf_names, opts.cf_valid_scores, opts.cf_test_scores):
+    cf["valid"][name] = inputs.read_cf_scores(v, preds["valid"], catalog.num_items)
+    cf["test"][name] = inputs.read_cf_scores(t, preds["test"], catalog.num_items)
+
+  mesh = parallel.make_mesh(opts.mesh_shape)
+  if model is None:
+    from bigrec_jax.model import load_model
+
+    model = load_model(opts.model, dtype=opts.dtype, mesh=mesh)
+  from bigrec_jax.ground import embed
+
+  embed_kw = dict(batch_size=opts.embed_batch_size, mesh=mesh, progress=opts.progress)
+  cache = opts.embedding_cache or os.path.join(assets.home(), "embeddings")
+  titles = [inputs.clean_text(t) for t in catalog.titles]
+  table = embed.catalog_embeddings(model, titles, cache, log=log, **embed_kw)
+  splits = {}
+  for s, p in preds.items():
+    queries = embed.embed_texts(model, p.texts, desc=f"embedding {s} predictions", **embed_kw)
+    splits[s] = grounding.SplitInputs(s, queries, p, cf[s])
+  embedded = time.time()
+
+  result = grounding.evaluate_grounding(
+      table, counts, splits["valid"], splits["test"], ks=opts.ks, mesh=mesh,
+      pop_grid=opts.pop_gammas, cf_grid=opts.cf_gammas, both=opts.both,
+      query_batch=opts.query_batch, gamma_batch=opts.gamma_batch)
+  result.metrics["inputs"] = {
+      "data_dir": os.path.abspath(opts.data_dir), "model": model.source, "beam": opts.beam,
+      "valid_predictions": os.path.abspath(opts.valid_predictions),
+      "test_predictions": os.path.abspath(opts.test_predictions),
+      "cf_scores": {n: {"valid": os.path.abspath(v), "test": os.path.abspath(t)} for n, v, t in
+                    zip(opts.cf_names, opts.cf_valid_scores, opts.cf_test_scores)}}
+  result.metrics["seconds"] = {"embedding": round(embedded - start, 2),
+                               "grounding": round(time.time() - embedded, 2)}
+  files.write_json(os.path.join(opts.out_dir, "test_top_items.json"),
+                   _top_items(preds["test"], result, catalog), indent=None)
+  report.write_report(opts.out_dir, result, counts, preds["test"].target_ids)
+  log(report.format_table(result.metrics))
+  log(f"[evaluate] wrote {os.path.join(opts.out_dir, 'metrics.json')} and plots")
+  return result.metrics
+
+
+def _top_items(preds: inputs.Predictions, result: grounding.GroundingResult,
+               catalog: inputs.Catalog, top_n: int = 10) -> list[dict]:
+  """Per test row: the grounded text, the target and each method's top items (for examples)."""
+  out = []
+  for i, text in enumerate(preds.texts):
+    row = {"user_id": preds.rows[i].get("user_id"), "predict": text,
+           "target_item_id": int(preds.target_ids[i]),
+           "target": catalog.titles[preds.target_ids[i]]}
+    for method, top in result.test_top_ids.items():
+      row[method] = [int(j) for j in top[i, :top_n] if j >= 0]
+    out.append(row)
+  return out
