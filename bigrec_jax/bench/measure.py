@@ -1,0 +1,92 @@
+"""Timing and memory measurement shared by both workers (no jax/torch imports here).
+
+`timed(fn, sync)` runs one warm-up call (compilation, caches, allocator growth), then repeats
+until `repeats` timed calls or `budget_s` seconds have been spent (at least one), and reports the
+median. `sync` forces completion (block_until_ready / cuda.synchronize) inside the timed region.
+Peak host memory is the process's VmHWM, reset before each case through /proc/self/clear_refs.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+
+def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], *, repeats: int = 3,
+          budget_s: float = 120.0, warmup: int = 1) -> dict[str, Any]:
+  t0 = time.perf_counter()
+  for _ in range(warmup):
+    sync(fn())
+  warm = time.perf_counter() - t0
+  times: list[float] = []
+  spent = 0.0
+  while len(times) < repeats and (not times or spent + times[-1] <= budget_s):
+    t = time.perf_counter()
+    out = sync(fn())
+    times.append(time.perf_counter() - t)
+    spent += times[-1]
+  return {"median_s": statistics.median(times), "times_s": times, "warmup_s": warm,
+          "last_output": out}
+
+
+def reset_peak_rss() -> bool:
+  """Resets VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size since the last reset (VmHWM), else since process start."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def available_ram_bytes() -> int:
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def host_info() -> dict[str, Any]:
+  cpu = platform.processor() or ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+          "platform": platform.platform(), "ram_available_bytes": available_ram_bytes(),
+          "load_average": list(os.getloadavg())}
+
+
+def package_versions(names: list[str]) -> dict[str, str | None]:
+  from importlib import metadata
+
+  out: dict[str, str | None] = {}
+  for n in names:
+    try:
+      out[n] = metadata.version(n)
+    except metadata.PackageNotFoundError:
+      out[n] = None
+  return out

@@ -1,0 +1,209 @@
+"""What is measured: the benchmark cases and their inputs, identical for both sides.
+
+Everything here is numpy/text only (no jax, no torch), so the JAX worker and the PyTorch worker
+build bit-identical inputs from the same spec: the same BIGRec prompts from the embedded
+MovieLens-100K, the same token rows, the same random embeddings (seeded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from bigrec_jax import assets
+from bigrec_jax.files import atomic_path, write_json
+
+TASKS = ("train", "beam", "embed", "ground")
+SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One measured configuration: `task` and its shape parameters (JSON-serialisable)."""
+  task: str
+  name: str
+  params: dict[str, Any]
+
+  def to_json(self) -> dict[str, Any]:
+    return {"task": self.task, "name": self.name, "params": dict(self.params)}
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "Case":
+    return cls(d["task"], d["name"], dict(d["params"]))
+
+
+def cases(tasks: Sequence[str], quick: bool) -> list[Case]:
+  """The issue's shapes (or tiny ones with `quick`), smallest first within a task.
+
+  Grounding cases are ordered by item-table size, so a peak that can only grow (JAX's device
+  peak) is still that of the largest case run so far when several share one process.
+  """
+  out: list[Case] = []
+  if "train" in tasks:
+    shapes = [(2, 32)] if quick else [(4, 256), (8, 512)]
+    out += [Case("train", f"{b}x{t}", {"batch": b, "length": t, "rank": 8, "alpha": 16.0,
+                                        "dropout": 0.05, "targets": ["q_proj", "v_proj"],
+                                        "lr": 1e-4}) for b, t in shapes]
+  if "beam" in tasks:
+    batch = 2 if quick else 8
+    for new in ([4] if quick else [32, 128]):
+      out.append(Case("beam", f"b{batch}_new{new}", {"batch": batch, "beams": 4, "returned": 4,
+                                                    "new_tokens": new}))
+  if "embed" in tasks:
+    n = 48 if quick else 1682
+    out.append(Case("embed", f"{n}_titles", {"titles": n, "batch": 16}))
+  if "ground" in tasks:
+    q = 64 if quick else 5000
+    sizes = [(1000, 32), (20000, 64)] if quick else [
+        (10681, 576), (10681, 4096), (1_000_000, 576), (1_000_000, 4096)]
+    for n, d in sizes:
+      out.append(Case("ground", f"q{q}_n{n}_d{d}", {"queries": q, "items": n, "dim": d, "k": 50}))
+  return out
+
+
+# ----------------------------------------------------------------------------- text inputs
+
+def bigrec_rows(limit: int) -> list[dict]:
+  """Real BIGRec rows (movie prompts with 10-item histories) from the embedded MovieLens-100K."""
+  from bigrec_jax.data import movielens, sequences
+
+  root = assets.ml100k_dir()
+  log = movielens.read_ml100k(os.path.join(root, "ml-100k.inter"), os.path.join(root, "ml-100k.item"))
+  rules = sequences.SequenceRules(min_history=10, target_rating_above=3)
+  examples = sequences.build_examples(log, rules)
+  rng = np.random.default_rng(SEED)
+  pick = rng.choice(len(examples), size=min(limit, len(examples)), replace=False)
+  return [sequences.make_row(examples[int(i)], log.titles, "movie") for i in pick]
+
+
+def catalog_titles(n: int) -> list[str]:
+  """The first n titles of the ML-100K catalog (1682 in all), as grounding embeds them."""
+  from bigrec_jax.data import movielens, prompts
+
+  root = assets.ml100k_dir()
+  log = movielens.read_ml100k(os.path.join(root, "ml-100k.inter"), os.path.join(root, "ml-100k.item"))
+  titles = [prompts.unquote(t) for t in log.titles]
+  return (titles * (-(-n // len(titles))))[:n]
+
+
+def inputs_for(case: Case) -> dict[str, Any]:
+  """The text inputs of a case (computed once by the runner and handed to both sides)."""
+  p = case.params
+  if case.task == "train":
+    from bigrec_jax.data import prompts
+
+    return {"texts": [prompts.full_text(r) for r in bigrec_rows(4 * p["batch"] * p["length"] // 64)]}
+  if case.task == "beam":
+    from bigrec_jax.data import prompts
+
+    return {"prompts": [prompts.prompt_for(r) for r in bigrec_rows(p["batch"])]}
+  if case.task == "embed":
+    return {"titles": catalog_titles(p["titles"])}
+  return {}
+
+
+def train_rows(tokenizer, texts: Sequence[str], batch: int, length: int) -> np.ndarray:
+  """[batch, length] int32 token rows: real training texts (each + EOS) packed back to back.
+
+  Every position is a real token (no padding), so tokens/s counts work both sides really do.
+  """
+  eos = int(tokenizer.eos_token_id)
+  stream: list[int] = []
+  need = batch * length
+  for ids in tokenizer(list(texts))["input_ids"]:
+    stream.extend(list(ids) + [eos])
+    if len(stream) >= need:
+      break
+  if len(stream) < need:
+    stream = (stream * (-(-need // max(1, len(stream)))))
+  return np.asarray(stream[:need], np.int32).reshape(batch, length)
+
+
+def ground_arrays(params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(queries [Q, D], items [N, D], targets [Q]) float32/int32, seeded; queries lie near targets.
+
+  Built in chunks of rows so a 1M x 4096 table needs no float64 temporaries.
+  """
+  q, n, d = params["queries"], params["items"], params["dim"]
+  rng = np.random.default_rng(SEED)
+  items = np.empty((n, d), np.float32)
+  for lo in range(0, n, 65536):
+    hi = min(n, lo + 65536)
+    items[lo:hi] = rng.standard_normal((hi - lo, d), dtype=np.float32)
+  targets = rng.integers(0, n, size=q).astype(np.int32)
+  queries = items[targets] + 0.5 * rng.standard_normal((q, d), dtype=np.float32)
+  return queries, items, targets
+
+
+def ground_bytes(params: dict[str, Any]) -> dict[str, int]:
+  """Memory that each side's grounding needs at least (for skipping what cannot fit)."""
+  q, n, d = params["queries"], params["items"], params["dim"]
+  table = 4 * n * d
+  return {
+      # numpy table + the padded copy `place_items` makes + the device copy (CPU: same RAM)
+      "jax_host": 3 * table + 4 * q * d,
+      "jax_device": table + 4 * 256 * n * 2,
+      # cdist [Q, N] float32 + argsort int64 + argsort of that int64 (ranks), + the table
+      "torch_host": table + q * n * (4 + 8 + 8),
+      "torch_device": table + q * n * (4 + 8 + 8),
+  }
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5, "max_position_embeddings": 1024, "tie_word_embeddings": True,
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32",
+}
+
+
+def tiny_model_dir() -> str:
+  """A tiny random LLaMA as an HF directory (SmolLM2's tokenizer), cached; for --quick runs."""
+  from safetensors.numpy import save_file
+
+  out = os.path.join(assets.home(), "bench", "tiny-llama-v1")
+  done = os.path.join(out, ".complete")
+  if os.path.exists(done):
+    return out
+  os.makedirs(out, exist_ok=True)
+  c = TINY_CONFIG
+  rng = np.random.default_rng(SEED)
+  w = lambda *shape: (0.02 * rng.standard_normal(shape)).astype(np.float32)
+  d, f, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
+  qd, kvd = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+  tensors = {"model.embed_tokens.weight": w(c["vocab_size"], d),
+             "model.norm.weight": np.ones(d, np.float32)}
+  for i in range(c["num_hidden_layers"]):
+    p = f"model.layers.{i}."
+    tensors.update({
+        p + "input_layernorm.weight": np.ones(d, np.float32),
+        p + "post_attention_layernorm.weight": np.ones(d, np.float32),
+        p + "self_attn.q_proj.weight": w(qd, d), p + "self_attn.k_proj.weight": w(kvd, d),
+        p + "self_attn.v_proj.weight": w(kvd, d), p + "self_attn.o_proj.weight": w(d, qd),
+        p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d),
+        p + "mlp.down_proj.weight": w(d, f)})
+  with atomic_path(os.path.join(out, "model.safetensors")) as tmp:
+    save_file(tensors, tmp, metadata={"format": "pt"})
+  write_json(os.path.join(out, "config.json"), c)
+  _save_smollm2_tokenizer(out)
+  write_json(done, {"config": c})
+  return out
+
+
+def _save_smollm2_tokenizer(out: str) -> None:
+  from transformers import AutoTokenizer
+
+  gguf = assets.smollm2_gguf()
+  tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+  tok.save_pretrained(out)
+
+
+def read_json_file(path: str) -> Any:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

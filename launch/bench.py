@@ -1,0 +1,54 @@
+"""Throughput of bigrec_jax against the PyTorch reference, each side in its own process.
+
+  python launch/bench.py                       # full sizes, embedded SmolLM2, writes bench.json
+  python launch/bench.py --quick               # tiny model and shapes (CI, < 2 minutes)
+  python launch/bench.py --tasks=train,ground --flops --model=/path/to/llama-7b-hf
+Tasks: train (LoRA r=8 q/v AdamW step, tokens/s), beam (4 beams, 4 returned, batch 8 BIGRec
+prompts), embed (catalog titles/s), ground (queries/s, top-50 + target rank). bfloat16 on GPU.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from absl import flags
+
+from bigrec_jax import cli
+from bigrec_jax.bench import BenchOptions, run
+from bigrec_jax.files import UserError
+
+_TASKS = flags.DEFINE_list("tasks", ["train", "beam", "embed", "ground"],
+                           "Which tasks to measure: train, beam, embed, ground.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny random model and tiny shapes (CI smoke run).")
+_MODEL = flags.DEFINE_string("model", None, "A .gguf file or an HF directory (default: the "
+                             "embedded SmolLM2-135M-Instruct; with --quick a tiny random LLaMA).")
+_OUT = flags.DEFINE_string("out", "bench.json", "Where to write the results (atomically).")
+_FLOPS = flags.DEFINE_bool("flops", False, "Add model FLOPs per call and the fraction of each "
+                           "side's measured matmul peak.")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per case after one warm-up "
+                                "(default 3, 2 with --quick); the median is reported.")
+_BUDGET = flags.DEFINE_float("budget_s", 120.0, "Seconds of timed runs per case; fewer repeats "
+                             "when one run is slower (at least one).")
+_ISOLATE = flags.DEFINE_enum("isolate", None, ["side", "task", "case"], "One worker process per "
+                             "side, per (side, task) or per (side, case). Default: side with "
+                             "--quick, else task.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
+                           "Compute dtype of both sides; auto: bfloat16 on GPU, float32 on CPU.")
+_SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which sides to run.")
+_TIMEOUT = flags.DEFINE_float("worker_timeout_s", None, "Kill a worker after this long "
+                              "(default 600 with --quick, else 3600).")
+_PLATFORM = flags.DEFINE_string("platform", None, "Force a platform for both sides (cpu).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  run(BenchOptions(
+      tasks=tuple(_TASKS.value), quick=_QUICK.value, model=_MODEL.value, out=_OUT.value,
+      flops=_FLOPS.value, repeats=_REPEATS.value or (2 if _QUICK.value else 3),
+      budget_s=_BUDGET.value, isolate=_ISOLATE.value, dtype=_DTYPE.value,
+      sides=tuple(_SIDES.value), worker_timeout_s=_TIMEOUT.value, platform=_PLATFORM.value))
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,55 @@
+"""launch/bench.py --quick: runs both sides in their own processes and writes a well-formed
+bench.json (no timing assertions: the numbers depend on the machine and its load)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = {"train", "beam", "embed", "ground"}
+
+
+def _bench(*args, timeout=900):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_quick_bench_writes_well_formed_json(tmp_path):
+  out = tmp_path / "bench.json"
+  r = _bench("--quick", "--flops", f"--out={out}")
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  rec = json.loads(out.read_text())
+  assert rec["schema"] == 1 and rec["quick"] is True
+  assert set(rec["tasks"]) == TASKS
+  for side in ("jax", "torch"):
+    assert rec["device"][side]["platform"] in ("cpu", "gpu", "tpu")
+    assert rec["device"][side]["dtype"] in ("float32", "bfloat16")
+    assert rec["sides"][side]["matmul_peak"]["flops_per_s"] > 0
+  assert rec["versions"]["jax"]["jax"] and rec["versions"]["torch"]["torch"]
+  for task, entries in rec["tasks"].items():
+    assert entries, task
+    for e in entries:
+      for side in ("jax", "torch"):
+        s = e[side]
+        assert s["status"] == "ok", (task, e["case"], side, s.get("reason"))
+        assert s["median_s"] > 0 and len(s["times_s"]) >= 1
+        assert all(v > 0 for v in s["metrics"].values())
+        assert s["peak_rss_bytes"] > 0
+        assert e["flops"][side]["model_flops_per_call"] > 0
+      assert all(v is not None and v > 0 for v in e["ratio_jax_over_torch"].values())
+  assert "jax/torch" in r.stdout  # the printed table
+
+
+def test_bad_task_is_a_user_error(tmp_path):
+  r = _bench("--quick", "--tasks=train,nonsense", f"--out={tmp_path / 'b.json'}", timeout=120)
+  assert r.returncode == 2 and "nonsense" in r.stderr
+  assert not (tmp_path / "b.json").exists()
+
+
+def test_runtime_package_does_not_import_torch():
+  code = ("import sys, bigrec_jax.bench, bigrec_jax.bench.torch_side, bigrec_jax.bench.jax_side; "
+          "assert 'torch' not in sys.modules, 'torch imported at module level'")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
