@@ -84,11 +84,16 @@ def search(queries, items: kernel.ItemTable, targets, *, vary: str, grid: Sequen
 def search_both(queries, items: kernel.ItemTable, targets, cf, pop_choice: GammaChoice, *,
                 cf_grid: Sequence[float] = CF_GAMMAS, ks: Iterable[int] = DEFAULT_KS,
                 invalid_rows=None, **kernel_kw) -> GammaChoice:
-  """Coordinate search: each metric keeps its popularity gamma and gets the best CF gamma."""
-  by_pop = {}
-  for gp in sorted({g[0] for g in pop_choice.chosen.values()}):
-    by_pop[gp] = search(queries, items, targets, vary="cf", grid=cf_grid, fixed=gp, cf=cf,
-                        ks=ks, invalid_rows=invalid_rows, **kernel_kw)
+  """Coordinate search: each metric keeps its popularity gamma and gets the best CF gamma.
+
+  One kernel call covers the CF grid at every distinct popularity gamma the metrics chose.
+  """
+  ks = tuple(ks)
+  pops = sorted({g[0] for g in pop_choice.chosen.values()})
+  grid = np.concatenate([pairs("cf", cf_grid, fixed=gp) for gp in pops])
+  ranks = kernel.target_ranks_grid(queries, items, targets, grid, cf=cf, **kernel_kw)
+  ranks = _mark_invalid(ranks, invalid_rows, items.num_items).reshape(len(pops), len(cf_grid), -1)
+  by_pop = {gp: choose("cf", cf_grid, metric_curves(r, ks), fixed=gp) for gp, r in zip(pops, ranks)}
   curves, chosen, valid = {}, {}, {}
   for metric, (gp, _) in pop_choice.chosen.items():
     part = by_pop[gp]

@@ -19,7 +19,11 @@ count: rank(t) = #{j: key_j < key_t} + #{j: key_j == key_t, j < t}. The referenc
 `argsort().argsort()` uses torch's default (unstable) sort, so only exact ties can differ.
 The target's key is read out of the same key array (not recomputed), so counting is exact.
 (1+x)^(-gamma) is computed as exp(-gamma * log(1 + x)) in one place for both the single kernel and
-the gamma grid, so the grid's ranks equal the single kernel's bit for bit.
+the gamma grid, and D, D' are materialised once per batch, so with the same `query_batch` the
+grid's ranks equal the single kernel's bit for bit (checked on CPU and on an H100; a different
+query batch may change the matmul's tiling and so the last bit of near-tied distances).
+Float32 distances can order two items whose distances differ by about one ulp differently from
+torch's float32 cdist; exact ties and everything else are ordered identically.
 """
 from __future__ import annotations
 
@@ -176,8 +180,10 @@ def _shard_body(cfg: _Config, n_local: int, q, e, pop, cf, targets, gammas):
 
   def one_batch(xs):
     qb, cb, tb = xs
-    d = _distances(qb, e, e_sq)
-    dn = _row_minmax(d, item_ok, axes)
+    # Materialised once per batch: otherwise XLA may fuse (and FMA-contract) the distance into
+    # each consumer differently, and the grid's keys would drift from the single kernel's by ulps.
+    d = lax.optimization_barrier(_distances(qb, e, e_sq))
+    dn = lax.optimization_barrier(_row_minmax(d, item_ok, axes))
     log_cf = None if cb is None else jnp.log(1.0 + cb)
     if cfg.grid:
       def one_gamma(g):
