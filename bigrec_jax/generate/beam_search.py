@@ -1,0 +1,227 @@
+"""Jitted beam search and greedy decoding with Hugging Face `generate` semantics.
+
+One compiled program per (batch, prompt length) shape: the prompts are prefilled once, then a
+`lax.while_loop` decodes one token per step for all B * num_beams beams (beams are a batch
+dimension) and exits as soon as no row can improve. Semantics follow transformers' beam search:
+- at each step the 2 * num_beams best (beam, token) continuations by summed log-probability are
+  kept; those ending in EOS among the top num_beams become finished hypotheses (score = summed
+  log-prob / generated_length ** length_penalty) in a separate best-first buffer, the best
+  num_beams others keep running; at max_new_tokens every candidate finishes;
+- early_stopping=False: a row stops when it has num_beams finished hypotheses and its best
+  running beam, normalised by the current length, cannot beat the worst of them (HF's
+  heuristic); early_stopping=True: as soon as it has num_beams finished hypotheses;
+- tokens after EOS are padding; num_return_sequences best hypotheses come back best-first.
+num_beams=1 is greedy decoding (argmax until EOS), as HF does for num_beams=1.
+An optional catalog trie (trie.TrieTables) masks the log-probabilities of every step so only
+catalog titles can be spelled (HF's prefix_allowed_tokens_fn, done inside the loop).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bigrec_jax.generate import decoder, trie as trie_lib
+from bigrec_jax.model.config import LlamaConfig
+
+Array = jax.Array
+
+# Number of times each search program was traced (one per new input shape): tests use it to
+# check that buckets compile once.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+_BIG = 1.0e9  # HF's "very large" score offset for beams that must not be chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """Static settings of one search program (hashable: part of the jit cache key)."""
+  num_beams: int = 4
+  num_return_sequences: int = 4
+  max_new_tokens: int = 128
+  length_penalty: float = 1.0
+  early_stopping: bool = False
+  eos_token_id: int = 2
+  pad_token_id: int = 0
+
+  def __post_init__(self):
+    if self.num_beams < 1:
+      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+    if not 1 <= self.num_return_sequences <= self.num_beams:
+      raise ValueError(f"num_return_sequences must be in 1..num_beams ({self.num_beams}), "
+                       f"got {self.num_return_sequences}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class SearchOutput(NamedTuple):
+  """Best-first hypotheses per prompt; R = num_return_sequences, T = max_new_tokens."""
+  tokens: Array  # [B, R, T] int32 generated tokens (EOS included), padding after
+  scores: Array  # [B, R] float32 sum of log-probs / length ** length_penalty
+  lengths: Array  # [B, R] int32 generated tokens incl. EOS; 0 = no hypothesis (constrained)
+
+
+def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,
+           trie: trie_lib.TrieTables | None = None) -> SearchOutput:
+  """Generates for left-padded prompts ids/mask [B, P] (jitted; compiles once per shape).
+
+  params must be plain base weights (merge LoRA first with `lora.merge`); arrays may be sharded
+  over a mesh (the batch on its data axis), the program then runs SPMD.
+  """
+  return _compiled(config, search_config, trie is not None)(params, ids, mask, trie)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool):
+  def run(params, ids, mask, trie):
+    TRACE_COUNTS["search"] += 1
+    if sc.num_beams == 1:
+      return _greedy(config, sc, params, ids, mask, trie if constrained else None)
+    return _beam(config, sc, params, ids, mask, trie if constrained else None)
+
+  return jax.jit(run)
+
+
+def _mask_logprobs(logp: Array, trie, states: Array) -> Array:
+  if trie is None:
+    return logp
+  return jnp.where(trie_lib.allowed_mask(trie, states, logp.shape[-1]), logp, -jnp.inf)
+
+
+def _penalty(length, sc: SearchConfig):
+  return jnp.asarray(length, jnp.float32) ** sc.length_penalty
+
+
+def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> SearchOutput:
+  b = ids.shape[0]
+  k, t_max = sc.num_beams, sc.max_new_tokens
+  n = b * k
+  logits0, prompt = decoder.prefill(config, params, ids, mask)
+  vocab = logits0.shape[-1]
+  # All beams of a row start from the same prompt: beam 0 scores 0, the others -1e9 (as HF), so
+  # the first step picks distinct tokens from one distribution.
+  logits0 = jnp.repeat(logits0, k, axis=0)
+  run_scores = jnp.where(jnp.arange(k)[None, :] == 0, 0.0, -_BIG) * jnp.ones((b, 1))
+  own = jnp.arange(n, dtype=jnp.int32)
+  state = dict(
+      step=jnp.zeros((), jnp.int32), logits=logits0,
+      run_tokens=jnp.full((b, k, t_max), sc.pad_token_id, jnp.int32),
+      run_scores=run_scores.astype(jnp.float32),
+      ancestors=jnp.broadcast_to(own[:, None], (n, t_max)),
+      trie_state=jnp.zeros((n,), jnp.int32),
+      fin_tokens=jnp.full((b, k, t_max), sc.pad_token_id, jnp.int32),
+      fin_scores=jnp.full((b, k), -_BIG, jnp.float32),
+      fin_flag=jnp.zeros((b, k), bool), fin_len=jnp.zeros((b, k), jnp.int32),
+      open=jnp.ones((b,), bool),
+      cache=decoder.init_gen_cache(config, n, t_max))
+  top_num_beams = jnp.arange(2 * k) < k
+
+  def select(s):
+    """Chooses token `step` for every beam (HF's top-k / running / finished update)."""
+    j = s["step"]
+    logp = jax.nn.log_softmax(s["logits"], axis=-1)
+    logp = _mask_logprobs(logp, trie, s["trie_state"])
+    total = (logp.reshape(b, k, vocab) + s["run_scores"][:, :, None]).reshape(b, k * vocab)
+    cand_scores, flat = jax.lax.top_k(total, 2 * k)  # [B, 2K], best first
+    src, tok = flat // vocab, (flat % vocab).astype(jnp.int32)
+    cand_tokens = jnp.take_along_axis(s["run_tokens"], src[:, :, None], axis=1)
+    cand_tokens = jax.lax.dynamic_update_slice_in_dim(cand_tokens, tok[:, :, None], j, axis=2)
+    valid = cand_scores > -jnp.inf
+    hits = (tok == sc.eos_token_id) | (j + 1 >= t_max)
+
+    # Running beams: the best K candidates that did not just finish.
+    run_cand = cand_scores - hits.astype(jnp.float32) * _BIG
+    run_scores, pick = jax.lax.top_k(run_cand, k)
+    run_src = jnp.take_along_axis(src, pick, axis=1)  # [B, K] source beam within the row
+    run_tok = jnp.take_along_axis(tok, pick, axis=1)
+    run_tokens = jnp.take_along_axis(cand_tokens, pick[:, :, None], axis=1)
+    flat_src = (run_src + jnp.arange(b)[:, None] * k).reshape(n)
+    ancestors = s["ancestors"][flat_src]
+    ancestors = jax.lax.dynamic_update_slice_in_dim(ancestors, own[:, None], j, axis=1)
+    trie_state = s["trie_state"]
+    if trie is not None:
+      trie_state = trie_lib.advance(trie, trie_state[flat_src], run_tok.reshape(n))
+
+    # Finished hypotheses: candidates among the top K that hit EOS / max length.
+    just = hits & top_num_beams[None, :] & valid
+    fin_cand = cand_scores / _penalty(j + 1, sc)
+    fin_cand = fin_cand - (~s["open"])[:, None].astype(jnp.float32) * _BIG
+    fin_cand = fin_cand - (~just).astype(jnp.float32) * _BIG
+    merged_scores = jnp.concatenate([s["fin_scores"], fin_cand], axis=1)
+    fin_scores, keep = jax.lax.top_k(merged_scores, k)
+    gather = lambda a, c: jnp.take_along_axis(jnp.concatenate([a, c], axis=1), keep, axis=1)
+    fin_flag = gather(s["fin_flag"], just)
+    fin_len = gather(s["fin_len"], jnp.full((b, 2 * k), j + 1, jnp.int32))
+    fin_tokens = jnp.take_along_axis(jnp.concatenate([s["fin_tokens"], cand_tokens], axis=1),
+                                     keep[:, :, None], axis=1)
+
+    # Can a row still improve? (HF's heuristic for early_stopping=False, monotone per row.)
+    best_running = run_scores[:, 0] / _penalty(j + 1, sc)
+    worst = jnp.where(fin_flag, jnp.min(fin_scores, axis=1, keepdims=True), -_BIG)
+    still = jnp.any(best_running[:, None] > worst, axis=1)
+    if sc.early_stopping:
+      still = still & ~jnp.all(fin_flag, axis=1)
+    return dict(s, step=j + 1, run_tokens=run_tokens, run_scores=run_scores,
+                ancestors=ancestors, trie_state=trie_state, fin_tokens=fin_tokens,
+                fin_scores=fin_scores, fin_flag=fin_flag, fin_len=fin_len,
+                open=s["open"] & still)
+
+  def cond(s):
+    return (s["step"] < t_max) & jnp.any(s["open"])
+
+  def body(s):
+    j = s["step"] - 1  # feed the tokens chosen at step j, then choose step j + 1
+    tokens = s["run_tokens"][:, :, j].reshape(n)
+    logits, cache = decoder.decode_step(config, params, prompt, s["cache"], s["ancestors"],
+                                        tokens, j)
+    return select(dict(s, logits=logits, cache=cache))
+
+  state = jax.lax.while_loop(cond, body, select(state))
+  r = sc.num_return_sequences
+  lengths = jnp.where(state["fin_flag"], state["fin_len"], 0)[:, :r]
+  return SearchOutput(state["fin_tokens"][:, :r], state["fin_scores"][:, :r], lengths)
+
+
+def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> SearchOutput:
+  b, t_max = ids.shape[0], sc.max_new_tokens
+  logits0, prompt = decoder.prefill(config, params, ids, mask)
+  ancestors = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t_max))
+  state = dict(step=jnp.zeros((), jnp.int32), logits=logits0,
+               tokens=jnp.full((b, t_max), sc.pad_token_id, jnp.int32),
+               logp_sum=jnp.zeros((b,), jnp.float32), length=jnp.zeros((b,), jnp.int32),
+               done=jnp.zeros((b,), bool), trie_state=jnp.zeros((b,), jnp.int32),
+               cache=decoder.init_gen_cache(config, b, t_max))
+
+  def select(s):
+    j = s["step"]
+    logp = jax.nn.log_softmax(s["logits"], axis=-1)
+    logp = _mask_logprobs(logp, trie, s["trie_state"])
+    tok = jnp.argmax(logp, axis=-1).astype(jnp.int32)
+    live = ~s["done"]
+    chosen = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
+    tok = jnp.where(live, tok, sc.pad_token_id)
+    trie_state = s["trie_state"]
+    if trie is not None:
+      trie_state = trie_lib.advance(trie, trie_state, tok)
+    return dict(s, step=j + 1,
+                tokens=jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], j, axis=1),
+                logp_sum=s["logp_sum"] + jnp.where(live, chosen, 0.0),
+                length=s["length"] + live.astype(jnp.int32),
+                done=s["done"] | (tok == sc.eos_token_id), trie_state=trie_state)
+
+  def cond(s):
+    return (s["step"] < t_max) & ~jnp.all(s["done"])
+
+  def body(s):
+    j = s["step"] - 1
+    logits, cache = decoder.decode_step(config, params, prompt, s["cache"], ancestors,
+                                        s["tokens"][:, j], j)
+    return select(dict(s, logits=logits, cache=cache))
+
+  state = jax.lax.while_loop(cond, body, select(state))
+  scores = state["logp_sum"] / _penalty(jnp.maximum(state["length"], 1), sc)
+  return SearchOutput(state["tokens"][:, None], scores[:, None], state["length"][:, None])

@@ -1,0 +1,152 @@
+"""Prefill and one-token decode steps for generation, with a prompt cache shared by all beams.
+
+The model's own `forward(cache=...)` keeps one [L, B, S, ...] cache per sequence; for beam search
+that would copy every prompt K/V once per beam and move the whole cache through memory at every
+step (the scan over layers reads and rewrites it, and reordering beams gathers it again). Here:
+- the prompt K/V come from one `forward` over the B prompts (not B * beams) and stay read-only;
+- generated K/V live in a small [L, T, N, KVH, hd] buffer (T = max_new_tokens, N = B * beams)
+  written one slot per step, in place;
+- beams are reordered lazily: `ancestors[n, t]` is the slot that holds the K/V of step t for
+  beam n, so "gathering the cache by source beam" costs a [N, T] int gather, not a cache copy.
+The layer math is the model's (layers.apply_rope / rope_tables, same RMSNorm and attention
+numerics); tests check the step against the full-sequence `forward` logits. LoRA must be merged
+into the weights first (`lora.merge`): the step reads plain kernels.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bigrec_jax.model import forward, init_cache
+from bigrec_jax.model.config import LlamaConfig
+from bigrec_jax.model.layers import apply_rope, rope_tables
+
+Array = jax.Array
+
+_NEG = jnp.finfo(jnp.float32).min
+
+
+class PromptCache(NamedTuple):
+  """K/V of the prompts, one per row (not per beam). k, v: [L, B, P, KVH, hd]; valid: [B, P]."""
+  k: Array
+  v: Array
+  valid: Array
+  length: Array  # [B] int32: real tokens per prompt (the position of the first generated token)
+
+
+class GenCache(NamedTuple):
+  """K/V of generated tokens: k, v [L, T, N, KVH, hd]; slot (t, n) written at step t by beam n."""
+  k: Array
+  v: Array
+
+
+def lm_head(config: LlamaConfig, params, hidden: Array) -> Array:
+  """float32 logits from final-norm hidden states (tied embeddings or a separate lm_head)."""
+  dt = config.compute_dtype
+  if config.tie_word_embeddings:
+    return jnp.dot(hidden.astype(dt), params["embed"].astype(dt).T,
+                   preferred_element_type=jnp.float32)
+  return jnp.dot(hidden.astype(dt), params["lm_head"].astype(dt),
+                 preferred_element_type=jnp.float32)
+
+
+def prefill(config: LlamaConfig, params, ids: Array, mask: Array) -> tuple[Array, PromptCache]:
+  """Runs the left-padded prompts once: (logits of the last position [B, V], PromptCache)."""
+  b, p = ids.shape
+  cache = init_cache(config, b, p)
+  hidden, cache = forward(config, params, ids, mask, cache=cache, output="hidden")
+  logits = lm_head(config, params, hidden[:, -1])
+  length = jnp.sum(mask.astype(jnp.int32), axis=1)
+  return logits, PromptCache(cache["k"], cache["v"], cache["valid"], length)
+
+
+def init_gen_cache(config: LlamaConfig, num_rows: int, max_new_tokens: int) -> GenCache:
+  shape = (config.num_layers, max_new_tokens, num_rows, config.num_kv_heads, config.head_dim)
+  zeros = jnp.zeros(shape, config.compute_dtype)
+  return GenCache(zeros, zeros)
+
+
+def _rms_norm(x: Array, scale: Array, eps: float) -> Array:
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (scale.astype(jnp.float32) * y).astype(x.dtype)
+
+
+def _proj(layer: dict, name: str, x: Array, dt) -> Array:
+  y = jnp.dot(x, layer[name]["kernel"].astype(dt))
+  if "bias" in layer[name]:
+    y = y + layer[name]["bias"].astype(dt)
+  return y
+
+
+def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
+                ancestors: Array, tokens: Array, step: Array) -> tuple[Array, GenCache]:
+  """Feeds one token per beam and returns (logits [N, V] float32, the cache with slot `step`).
+
+  tokens: [N] with N = B * beams (row-major: beams of prompt b are rows b*K .. b*K+K-1);
+  ancestors: [N, T] slot index holding each earlier step's K/V for that beam (entry `step` must
+  be the beam's own index n); step: scalar int32, the generation index of `tokens`.
+  """
+  cfg = config
+  dt = cfg.compute_dtype
+  n = tokens.shape[0]
+  b, p = prompt.valid.shape
+  k_beams = n // b
+  t_max = gen.k.shape[1]
+  kvh, hd = cfg.num_kv_heads, cfg.head_dim
+  groups = cfg.num_heads // kvh
+
+  positions = (jnp.repeat(prompt.length, k_beams) + step)[:, None]  # [N, 1]
+  cos, sin = rope_tables(cfg, positions)
+  x = jnp.take(params["embed"], tokens, axis=0).astype(dt)[:, None, :]  # [N, 1, D]
+  # Generated slots visible at this step: t <= step, read from each beam's ancestor at step t.
+  gen_visible = (jnp.arange(t_max) <= step)[None, :]  # [1, T]
+  slot_rows = jnp.arange(t_max)[None, :]
+  prompt_valid = prompt.valid[:, None, None, None, :]  # [B, 1, 1, 1, P]
+  scale = 1.0 / math.sqrt(hd)
+
+  def layer_fn(x, xs):
+    layer, pk, pv, gk, gv = xs
+    h = _rms_norm(x, layer["input_norm"]["scale"], cfg.rms_norm_eps)
+    q = _proj(layer, "q_proj", h, dt).reshape(n, 1, cfg.num_heads, hd)
+    k = _proj(layer, "k_proj", h, dt).reshape(n, 1, kvh, hd)
+    v = _proj(layer, "v_proj", h, dt).reshape(n, 1, kvh, hd)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k, v = k[:, 0].astype(gk.dtype), v[:, 0].astype(gv.dtype)  # [N, KVH, hd]
+    # This step's K/V join the beam's history at slot (step, n): ancestors[:, step] == arange(N).
+    gk = jax.lax.dynamic_update_slice_in_dim(gk, k[None], step, axis=0)
+    gv = jax.lax.dynamic_update_slice_in_dim(gv, v[None], step, axis=0)
+    hist_k = gk[slot_rows, ancestors].astype(dt)  # [N, T, KVH, hd]
+    hist_v = gv[slot_rows, ancestors].astype(dt)
+    # Prompt part: the K beams of a row are K queries against that row's prompt keys.
+    qb = q.reshape(b, k_beams, kvh, groups, hd)
+    s_prompt = jnp.einsum("bnkgd,bpkd->bkgnp", qb, pk.astype(dt),
+                          preferred_element_type=jnp.float32) * scale
+    s_prompt = jnp.where(prompt_valid, s_prompt, _NEG)  # [B, KVH, G, K, P]
+    qn = q.reshape(n, kvh, groups, hd)
+    s_gen = jnp.einsum("nkgd,ntkd->nkgt", qn, hist_k,
+                       preferred_element_type=jnp.float32) * scale
+    s_gen = jnp.where(gen_visible[:, None, None, :], s_gen, _NEG)  # [N, KVH, G, T]
+    s_gen = s_gen.reshape(b, k_beams, kvh, groups, t_max).transpose(0, 2, 3, 1, 4)
+    scores = jnp.concatenate([s_prompt, s_gen], axis=-1)  # [B, KVH, G, K, P + T]
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out_p = jnp.einsum("bkgnp,bpkd->bnkgd", probs[..., :p], pv.astype(dt))
+    probs_g = probs[..., p:].transpose(0, 3, 1, 2, 4).reshape(n, kvh, groups, t_max)
+    out_g = jnp.einsum("nkgt,ntkd->nkgd", probs_g, hist_v)
+    a = (out_p.reshape(n, kvh, groups, hd) + out_g).reshape(n, 1, cfg.num_heads * hd)
+    x = x + _proj(layer, "o_proj", a, dt)
+    h = _rms_norm(x, layer["post_norm"]["scale"], cfg.rms_norm_eps)
+    mlp = jax.nn.silu(_proj(layer, "gate_proj", h, dt)) * _proj(layer, "up_proj", h, dt)
+    x = x + _proj(layer, "down_proj", mlp, dt)
+    return x, (k, v)
+
+  x, (new_k, new_v) = jax.lax.scan(layer_fn, x, (params["layers"], prompt.k, prompt.v,
+                                                 gen.k, gen.v))
+  # One in-place write of this step's K/V for all layers: [L, 1, N, KVH, hd] at slot `step`.
+  gen = GenCache(jax.lax.dynamic_update_slice_in_dim(gen.k, new_k[:, None], step, axis=1),
+                 jax.lax.dynamic_update_slice_in_dim(gen.v, new_v[:, None], step, axis=1))
+  x = _rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
+  return lm_head(cfg, params, x[:, 0]), gen

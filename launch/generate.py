@@ -1,0 +1,80 @@
+r"""BIGRec generation: beam search over prompts built from rows (reference inference.py).
+
+  python launch/generate.py --input=/tmp/ml100k/test_5000.json \
+      --output=/tmp/run/test_5000.predict.json --adapter=/tmp/run/train \
+      [--model=path/to/model.gguf|hf_dir] [--num_beams=4] [--max_new_tokens=128] \
+      [--constrained --items=/tmp/ml100k/items.tsv]
+
+Writes the input rows with `predict` (num_return_sequences texts after `Response:\n`, best
+first) and `predict_scores` to --output, atomically.
+"""
+from __future__ import annotations
+
+from absl import flags, logging
+
+from bigrec_jax import cli, parallel
+from bigrec_jax.files import UserError
+from bigrec_jax.generate.runner import GenerateOptions, run
+
+_INPUT = flags.DEFINE_string("input", None, "JSON list of rows with `instruction` and `input`.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where the rows with `predict` are written.")
+_MODEL = flags.DEFINE_string("model", None, "Base model: .gguf file or HF directory "
+                             "(default: the embedded SmolLM2-135M-Instruct).")
+_ADAPTER = flags.DEFINE_string("adapter", None, "LoRA adapter: a PEFT directory or a training "
+                               "workdir with adapter/ (merged into the weights before decoding).")
+_NUM_BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams (1 = greedy).")
+_NUM_RETURN = flags.DEFINE_integer("num_return_sequences", None,
+                                   "Predictions per row (default: num_beams).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Most generated tokens per prediction.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per batch (global, over all devices).")
+_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Score = log-prob / length ** this.")
+_EARLY_STOPPING = flags.DEFINE_boolean("early_stopping", False,
+                                       "Stop a row once it has num_beams finished hypotheses.")
+_CONSTRAINED = flags.DEFINE_boolean("constrained", False, "Only generate catalog titles "
+                                    "(prefix trie over --items; beyond the paper).")
+_ITEMS = flags.DEFINE_string("items", None, "items.tsv (or its prepared-data directory) for "
+                             "--constrained.")
+_BUCKET = flags.DEFINE_integer("bucket_multiple", 32, "Prompts are padded to a multiple of this "
+                               "(one compiled program per length).")
+_MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 0, "Longest prompt in tokens (0: the "
+                                   "model's context minus max_new_tokens).")
+_TRUNCATE = flags.DEFINE_boolean("truncate_long_prompts", False, "Drop the oldest tokens of a "
+                                 "too long prompt with a warning instead of failing.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_MESH = flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "Mesh (data, fsdp, tensor).")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar over batches.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: coordinator host:port.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  for flag in (_INPUT, _OUTPUT):
+    if not flag.value:
+      raise UserError(f"--{flag.name} is required")
+  try:
+    mesh_shape = [int(x) for x in _MESH.value]
+  except ValueError:
+    raise UserError(f"--mesh_shape: expected integers, got {_MESH.value}") from None
+  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  options = GenerateOptions(
+      num_beams=_NUM_BEAMS.value,
+      num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value,
+      max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
+      length_penalty=_LENGTH_PENALTY.value, early_stopping=_EARLY_STOPPING.value,
+      constrained=_CONSTRAINED.value, bucket_multiple=_BUCKET.value,
+      max_prompt_len=_MAX_PROMPT.value, truncate_long_prompts=_TRUNCATE.value,
+      progress=_PROGRESS.value)
+  summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
+                adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
+                mesh_shape=mesh_shape)
+  if parallel.is_main_process():
+    logging.info("generation summary: %s", summary)
+    print(f"wrote {summary['rows']} rows to {summary['output']} "
+          f"({summary['seconds']} s generating, {summary['compiled_programs']} compiled programs)")
+
+
+if __name__ == "__main__":
+  cli.run(main)
