@@ -37,6 +37,10 @@ _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which sides to run.")
 _TIMEOUT = flags.DEFINE_float("worker_timeout_s", None, "Kill a worker after this long "
                               "(default 600 with --quick, else 3600).")
+_CASES = flags.DEFINE_list("cases", [], "Only these case names (e.g. 4x256,b8_new32); default all.")
+_RANDOM = flags.DEFINE_bool("random_weights", False, "Random weights with the architecture of "
+                            "--model=DIR (config.json + tokenizer files): same shapes, same work, "
+                            "for machines that lack the checkpoint.")
 _PLATFORM = flags.DEFINE_string("platform", None, "Force a platform for both sides (cpu).")
 
 
@@ -47,7 +51,8 @@ def main(argv):
       tasks=tuple(_TASKS.value), quick=_QUICK.value, model=_MODEL.value, out=_OUT.value,
       flops=_FLOPS.value, repeats=_REPEATS.value or (2 if _QUICK.value else 3),
       budget_s=_BUDGET.value, isolate=_ISOLATE.value, dtype=_DTYPE.value,
-      sides=tuple(_SIDES.value), worker_timeout_s=_TIMEOUT.value, platform=_PLATFORM.value))
+      sides=tuple(_SIDES.value), worker_timeout_s=_TIMEOUT.value, platform=_PLATFORM.value,
+      cases=tuple(_CASES.value), random_weights=_RANDOM.value))
 
 
 if __name__ == "__main__":

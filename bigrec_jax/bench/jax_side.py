@@ -95,9 +95,11 @@ class JaxSide:
     r = measure.timed(run, self.sync, repeats=repeats, budget_s=budget_s)
     b = p["batch"]
     out = r["last_output"]
+    prompt_len = max(len(x) for x in self.model.tokenizer(list(inputs["prompts"]))["input_ids"])
     return r, {"prompts_per_s": b / r["median_s"],
                "new_tokens_per_s": b * p["new_tokens"] / r["median_s"]}, {
-        "impl": impl, "generated": p["new_tokens"], **jax_tasks.beam_summary(self.model, out)}
+        "impl": impl, "generated": p["new_tokens"], "prompt_len": prompt_len,
+        **jax_tasks.beam_summary(self.model, out)}
 
   def _embed(self, p, inputs, repeats, budget_s):
     from bigrec_jax.bench import jax_tasks

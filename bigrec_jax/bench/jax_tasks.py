@@ -15,69 +15,84 @@ import numpy as np
 # ----------------------------------------------------------------------------- training
 
 def train_step(model, p: dict[str, Any], rows: np.ndarray):
-  """(step(state) -> (state, loss), initial state, impl) for one LoRA AdamW step on `rows`."""
-  import optax
+  """(step(state) -> (state, loss), initial state, impl): the project's jitted LoRA step.
 
-  from bigrec_jax.model import LoraConfig, forward, lora
+  One micro-batch per step (accumulation 1), AdamW with HF's warm-up schedule and grad-norm
+  clipping at 1.0 as HF Trainer does; labels = input ids (train_on_inputs, the reference default).
+  """
+  from bigrec_jax import parallel
+  from bigrec_jax.model import LoraConfig
+  from bigrec_jax.train import optimizer as opt_lib
+  from bigrec_jax.train import step as step_lib
 
-  cfg, params = model.config, model.params
+  cfg = model.config
   lc = LoraConfig(rank=p["rank"], alpha=p["alpha"], dropout=p["dropout"],
                   targets=tuple(p["targets"]))
-  ids = jnp.asarray(rows)
-  mask = jnp.ones_like(ids)
-  opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(p["lr"], weight_decay=0.0))
+  mesh = parallel.make_mesh()
+  opt, _ = opt_lib.make_optimizer(p["lr"], total_steps=10_000, warmup_steps=20, max_grad_norm=1.0)
+  train = step_lib.make_train_step(cfg, lc, opt, mesh)
+  state = step_lib.init_state(cfg, lc, opt, 0, mesh)
+  params = jax.device_put(model.params, step_lib.param_shardings(cfg, mesh))
+  ids = rows[:, None, :]  # [rows, accum=1, T]
+  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+  batch = jax.device_put(batch, step_lib.batch_spec_sharding(mesh, 3))
 
-  def loss_fn(adapters, ids, mask, rng):
-    logits, _ = forward(cfg, params, ids, mask, lora=adapters, lora_config=lc, dropout_rng=rng)
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-    w = mask[:, 1:].astype(jnp.float32)
-    return jnp.sum(nll * w) / jnp.sum(w)
-
-  @jax.jit
   def step(state):
-    adapters, opt_state, rng = state
-    rng, sub = jax.random.split(rng)
-    loss, grads = jax.value_and_grad(loss_fn)(adapters, ids, mask, sub)
-    updates, opt_state = opt.update(grads, opt_state, adapters)
-    return (optax.apply_updates(adapters, updates), opt_state, rng), loss
+    state, metrics = train(state, params, batch)
+    return state, metrics["loss"]
 
-  adapters = lora.init_lora(cfg, lc, jax.random.key(0))
-  state = (adapters, opt.init(adapters), jax.random.key(1))
-  return step, state, "bench fallback: value_and_grad(forward) + optax adamw"
+  return step, state, "bigrec_jax.train.step.make_train_step (accumulation 1)"
 
 
 # ----------------------------------------------------------------------------- beam search
 
 def beam_search(model, p: dict[str, Any], prompts: Sequence[str]) -> tuple[Callable[[], Any], str]:
-  raise NotImplementedError("bigrec_jax.generate has no beam search yet")
+  """The project's Generator (bucketed prompts, jitted beam search), forced to `new_tokens`.
+
+  EOS is set to an id no token has, so every run decodes exactly new_tokens steps, as the torch
+  side does with min_new_tokens = max_new_tokens: the same work whatever the model predicts.
+  """
+  import dataclasses
+
+  from bigrec_jax.generate.runner import GenerateOptions, Generator
+
+  opts = GenerateOptions(num_beams=p["beams"], num_return_sequences=p["returned"],
+                         max_new_tokens=p["new_tokens"], batch_size=p["batch"], progress=False)
+  gen = Generator(model, opts)
+  gen.search_config = dataclasses.replace(gen.search_config, eos_token_id=-1)
+  tok = model.tokenizer
+
+  def run():
+    ids = [np.asarray(x, np.int32) for x in tok(list(prompts))["input_ids"]]
+    return gen.generate_ids(ids)
+
+  return run, "bigrec_jax.generate.runner.Generator.generate_ids (EOS disabled)"
 
 
 def beam_summary(model, out) -> dict[str, Any]:
-  return {}
+  """Prompt length is not known here; the best hypothesis of the first prompt, for a glance."""
+  tokens, scores, lengths = out[0]
+  text = model.tokenizer.decode(tokens[0][:int(lengths[0])], skip_special_tokens=True)
+  return {"best_of_first": text[:80]}
 
 
 # ----------------------------------------------------------------------------- embeddings
 
 def embed_texts(model, p: dict[str, Any], texts: Sequence[str]) -> tuple[Callable[[], Any], str]:
-  from bigrec_jax.model import last_hidden_state
-
-  cfg, params, tok = model.config, model.params, model.tokenizer
-  bs = p["batch"]
-  fn = jax.jit(lambda ids, mask: last_hidden_state(cfg, params, ids, mask))
-  padded = [0]
+  from bigrec_jax.ground import embed
 
   def run():
-    out = []
-    padded[0] = 0
-    for i in range(0, len(texts), bs):
-      chunk = list(texts[i:i + bs])
-      n = len(chunk)
-      chunk += [""] * (bs - n)
-      enc = tok(chunk, padding=True, pad_to_multiple_of=8, return_tensors="np")
-      padded[0] += int(enc["input_ids"].size)
-      out.append(fn(enc["input_ids"], enc["attention_mask"])[:n])
-    return jnp.concatenate(out)
+    return embed.embed_texts(model, texts, batch_size=p["batch"], progress=False)
 
-  run.padded_tokens = padded
-  return run, "bench fallback: jit(last_hidden_state) per batch of 16, lengths padded to x8"
+  ids = embed.tokenize(model.tokenizer, texts, 512)
+  run.padded_tokens = [_padded_tokens([len(x) for x in ids], p["batch"], 16)]
+  return run, f"bigrec_jax.ground.embed.embed_texts(batch_size={p['batch']})"
+
+
+def _padded_tokens(lengths: Sequence[int], batch: int, multiple: int) -> int:
+  """Tokens embed_texts runs (length-sorted batches, lengths rounded up to the bucket)."""
+  order = sorted(n for n in lengths if n)
+  total = 0
+  for s in range(0, len(order), batch):
+    total += batch * max(multiple, -(-order[min(s + batch, len(order)) - 1] // multiple) * multiple)
+  return total

@@ -42,6 +42,8 @@ class BenchOptions:
   sides: tuple[str, ...] = SIDES
   worker_timeout_s: float | None = None
   platform: str | None = None  # JAX_PLATFORMS for the JAX worker (e.g. cpu)
+  cases: tuple[str, ...] = ()  # keep only cases whose name is in this list (empty: all)
+  random_weights: bool = False  # random weights with --model's architecture (config + tokenizer)
 
 
 def check(o: BenchOptions) -> BenchOptions:
@@ -63,6 +65,13 @@ def check(o: BenchOptions) -> BenchOptions:
 
 
 def resolve_model(o: BenchOptions) -> str:
+  if o.random_weights:
+    if not o.model or not os.path.isfile(os.path.join(o.model, "config.json")):
+      raise UserError("--random_weights needs --model=DIR holding an HF config.json and the "
+                      "tokenizer files")
+    with open(os.path.join(o.model, "config.json")) as f:
+      config = json.load(f)
+    return workloads.random_model_dir(config, o.model)
   if o.model:
     return os.path.abspath(o.model)
   return workloads.tiny_model_dir() if o.quick else assets.smollm2_gguf()
@@ -111,6 +120,8 @@ def _worker_env(side: str, o: BenchOptions) -> dict[str, str]:
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   env.setdefault("TOKENIZERS_PARALLELISM", "false")
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
   if side == "jax" and o.platform:
     env["JAX_PLATFORMS"] = o.platform
   if side == "torch" and o.platform == "cpu":
@@ -124,7 +135,10 @@ def run(o: BenchOptions) -> dict[str, Any]:
   started = time.time()
   load_before = list(os.getloadavg())
   model = resolve_model(o)
-  cases = workloads.cases(o.tasks, o.quick)
+  cases = [c for c in workloads.cases(o.tasks, o.quick) if not o.cases or c.name in o.cases]
+  if not cases:
+    raise UserError(f"--cases={','.join(o.cases)} selects none of the cases of "
+                    f"--tasks={','.join(o.tasks)}: {[c.name for c in workloads.cases(o.tasks, o.quick)]}")
   isolate = o.isolate or ("side" if o.quick else "task")
   timeout = o.worker_timeout_s or (600.0 if o.quick else 3600.0)
   inputs = {c.name: workloads.inputs_for(c) for c in cases}
@@ -177,7 +191,7 @@ def _assemble(o, model, cases, results, side_info, isolate, load_before, started
   return {
       "schema": SCHEMA, "created_unix": time.time(), "wall_s": round(time.time() - started, 1),
       "quick": o.quick, "command": " ".join(sys.argv),
-      "model": {"source": model, "config": config},
+      "model": {"source": model, "config": config, "random_weights": o.random_weights or o.quick},
       "options": {"tasks": list(o.tasks), "repeats": o.repeats, "budget_s": o.budget_s,
                   "isolate": isolate, "dtype": o.dtype, "flops": o.flops,
                   "statistic": "median of timed runs after one warm-up run"},

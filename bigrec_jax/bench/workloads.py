@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bigrec_jax import assets
-from bigrec_jax.files import atomic_path, write_json
+from bigrec_jax.files import UserError, atomic_path, write_json
 
 TASKS = ("train", "beam", "embed", "ground")
 SEED = 0
@@ -152,33 +152,60 @@ def ground_bytes(params: dict[str, Any]) -> dict[str, int]:
   }
 
 
-# ----------------------------------------------------------------------------- tiny model
+# ----------------------------------------------------------------------------- random models
 
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 10000.0,
     "rms_norm_eps": 1e-5, "max_position_embeddings": 1024, "tie_word_embeddings": True,
-    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "torch_dtype": "float32",
+    "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
 }
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "chat_template.jinja", "vocab.json", "merges.txt")
 
 
 def tiny_model_dir() -> str:
-  """A tiny random LLaMA as an HF directory (SmolLM2's tokenizer), cached; for --quick runs."""
+  """A tiny random LLaMA with SmolLM2's tokenizer (cached), for --quick runs."""
+  tok_dir = os.path.join(assets.home(), "bench", "smollm2-tokenizer")
+  if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
+    _save_smollm2_tokenizer(tok_dir)
+  return random_model_dir(TINY_CONFIG, tok_dir, "tiny-llama")
+
+
+def random_model_dir(config: dict[str, Any], tokenizer_dir: str, name: str = "random") -> str:
+  """An HF directory with `config`'s LLaMA architecture and random weights (cached by config).
+
+  Throughput depends on shapes, not values: on a machine without the checkpoint (a lent GPU
+  with no network) this measures the same work. The tokenizer files are copied from
+  `tokenizer_dir`.
+  """
+  import hashlib
+  import shutil
+
   from safetensors.numpy import save_file
 
-  out = os.path.join(assets.home(), "bench", "tiny-llama-v1")
+  if config.get("model_type", "llama") not in ("llama", "mistral"):
+    raise UserError(f"random weights are only made for LLaMA-style configs, not "
+                    f"{config.get('model_type')!r}")
+  config = {k: v for k, v in config.items() if k != "source_gguf"}
+  key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+  out = os.path.join(assets.home(), "bench", f"{name}-{key}")
   done = os.path.join(out, ".complete")
   if os.path.exists(done):
     return out
   os.makedirs(out, exist_ok=True)
-  c = TINY_CONFIG
+  c = config
   rng = np.random.default_rng(SEED)
-  w = lambda *shape: (0.02 * rng.standard_normal(shape)).astype(np.float32)
-  d, f, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
-  qd, kvd = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+  w = lambda *shape: (0.02 * rng.standard_normal(shape, dtype=np.float32))
+  d, f = c["hidden_size"], c["intermediate_size"]
+  heads = c["num_attention_heads"]
+  hd = c.get("head_dim") or d // heads
+  qd, kvd = heads * hd, c.get("num_key_value_heads", heads) * hd
   tensors = {"model.embed_tokens.weight": w(c["vocab_size"], d),
              "model.norm.weight": np.ones(d, np.float32)}
+  if not c.get("tie_word_embeddings", False):
+    tensors["lm_head.weight"] = w(c["vocab_size"], d)
   for i in range(c["num_hidden_layers"]):
     p = f"model.layers.{i}."
     tensors.update({
@@ -190,9 +217,16 @@ def tiny_model_dir() -> str:
         p + "mlp.down_proj.weight": w(d, f)})
   with atomic_path(os.path.join(out, "model.safetensors")) as tmp:
     save_file(tensors, tmp, metadata={"format": "pt"})
-  write_json(os.path.join(out, "config.json"), c)
-  _save_smollm2_tokenizer(out)
-  write_json(done, {"config": c})
+  write_json(os.path.join(out, "config.json"), {**c, "random_weights": True})
+  copied = 0
+  for fname in TOKENIZER_FILES:
+    src = os.path.join(tokenizer_dir, fname)
+    if os.path.exists(src):
+      shutil.copyfile(src, os.path.join(out, fname))
+      copied += 1
+  if not copied:
+    raise UserError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+  write_json(done, {"config": c, "tokenizer_from": tokenizer_dir})
   return out
 
 
