@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from bigrec_jax.files import UserError
 
@@ -26,7 +26,10 @@ def fail(message: str) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if not flags.FLAGS["verbosity"].present:  # orbax/absl INFO lines drown the progress output
+      logging.set_verbosity(logging.WARNING)
+    return rest
   except (flags.Error, UserError, ValueError, FileNotFoundError, KeyError) as e:
     prog = os.path.basename(argv[0]) if argv else "launcher"
     fail(f"{prog}: {e} (run with --help to see every flag)")

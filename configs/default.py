@@ -25,9 +25,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.lora.dropout = 0.05
   c.lora.targets = ("q_proj", "v_proj")
 
-  # Data: a directory written by launch/prepare_data.py.
+  # Data: raw logs -> a prepared directory (launch/prepare_data.py or the pipeline's prepare).
   c.data = ml_collections.ConfigDict()
-  c.data.dir = ""
+  c.data.dataset = "ml-100k"  # ml-100k (embedded) | ml-1m | ml-10m | amazon
+  c.data.interactions_file = ""  # raw interactions file ("" = the embedded ML-100K)
+  c.data.items_file = ""  # raw item/metadata file
+  c.data.history_len = 10
+  c.data.valid_test_size = 5000  # rows sampled (seed 42) from the valid/test splits
+  c.data.dir = ""  # prepared directory for launch/train.py (the pipeline sets it)
+  c.data.extra_train_dirs = ()  # other prepared domains whose training rows are added (multi-domain)
   c.data.sample = 1024  # few-shot: first N training rows after a seeded shuffle; -1 = all
   c.data.cutoff_len = 512
   c.data.train_on_inputs = True  # reference: loss over the whole prompt
@@ -65,4 +71,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.ground.embed_batch_size = 16
   c.ground.ks = (1, 3, 5, 10, 20, 50)
   c.ground.all_beams = False
+  c.ground.cf_sources = ("sasrec",)  # baselines whose scores are injected (CF grounding)
+
+  # Sequential baselines trained on the same examples (configs/baselines.py holds their knobs).
+  from configs import baselines as baselines_config  # pylint: disable=g-import-not-at-top
+
+  c.baselines = baselines_config.get_config()
+  c.baselines.models = ("sasrec", "gru4rec", "caser", "mostpop")
+  c.baselines.few_shot = True  # also train on the LLM's few-shot sample
+
+  c.pipeline = ml_collections.ConfigDict()
+  c.pipeline.stages = ()  # () = all: prepare, train, generate, baselines, evaluate, report
+  c.pipeline.force_stages = ()  # redo these even if complete ("all" = everything)
+  c.seeds = (0,)  # several seeds: one run each under workdir/seed_<s>, mean and spread reported
   return c

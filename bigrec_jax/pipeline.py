@@ -1,0 +1,336 @@
+"""BIGRec end to end: prepare -> train LoRA -> generate -> baselines -> ground/evaluate -> report.
+
+Each stage writes its outputs under the workdir and, last, a marker `stages/<name>.json` (its
+summary and wall time). A stage whose marker exists is skipped, so a crashed run resumes where it
+stopped; `force` redoes the named stages (and, since later stages read their outputs, the caller
+should force those too when it matters). Every stage also has its own launcher.
+
+Layout of a workdir:
+  data/                 prepared data (items.tsv, train/valid_5000/test_5000.json, ...)
+  train/                checkpoints, tensorboard, adapter/ (PEFT format)
+  predictions/          valid.json, test.json (rows + `predict`)
+  baselines/<model>/    metrics.json, scores_valid_5000.npy, scores_test_5000.npy
+  eval/                 metrics.json, plots, test_top_items.json
+  report.md             the results report
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from bigrec_jax import files
+from bigrec_jax.files import UserError
+
+STAGES = ("prepare", "train", "generate", "baselines", "evaluate", "report")
+
+
+@dataclasses.dataclass
+class Paths:
+  workdir: str
+
+  def __getattr__(self, name):  # data, train, predictions, baselines, eval, stages
+    if name.startswith("_"):
+      raise AttributeError(name)
+    return os.path.join(self.workdir, name)
+
+  def marker(self, stage: str) -> str:
+    return os.path.join(self.workdir, "stages", f"{stage}.json")
+
+  def predictions_file(self, split: str) -> str:
+    return os.path.join(self.workdir, "predictions", f"{split}.json")
+
+  def baseline_dir(self, model: str, few_shot: bool = False) -> str:
+    return os.path.join(self.workdir, "baselines", model + ("_fewshot" if few_shot else ""))
+
+  @property
+  def report(self) -> str:
+    return os.path.join(self.workdir, "report.md")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Everything that can be checked before any heavy work (exit 2 via UserError)."""
+  from bigrec_jax.model import LORA_TARGETS
+
+  p = config.pipeline
+  unknown = set(p.force_stages) - set(STAGES) - {"all"}
+  if unknown:
+    raise UserError(f"--force_stage: unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
+  if config.model.path and not os.path.exists(config.model.path):
+    raise UserError(f"--config.model.path={config.model.path}: no such file or directory")
+  for f in ("interactions_file", "items_file"):
+    path = config.data.get(f, "")
+    if path and not os.path.exists(path):
+      raise UserError(f"--config.data.{f}={path}: no such file")
+  bad = set(config.lora.targets) - set(LORA_TARGETS)
+  if bad:
+    raise UserError(f"--config.lora.targets: unknown module(s) {sorted(bad)}; "
+                    f"choose from {LORA_TARGETS}")
+  ks = list(config.ground.ks)
+  if ks != sorted(set(ks)) or not ks or ks[0] < 1:
+    raise UserError(f"--config.ground.ks={ks}: must be positive, sorted and unique")
+  for name in ("learning_rate",):
+    if config.train[name] <= 0:
+      raise UserError(f"--config.train.{name} must be positive")
+  if config.generate.num_return_sequences > config.generate.num_beams:
+    raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
+  unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop"}
+  if unknown_models:
+    raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
+
+
+def run_stage(paths: Paths, name: str, fn: Callable[[], dict], force: bool,
+              log: Callable[[str], None]) -> dict:
+  marker = paths.marker(name)
+  if os.path.exists(marker) and not force:
+    log(f"[pipeline] {name}: done already ({marker}); skipping")
+    return files.read_json(marker)
+  if os.path.exists(marker):
+    os.remove(marker)
+  log(f"[pipeline] {name}: starting")
+  start = time.time()
+  summary = fn() or {}
+  summary = {**summary, "seconds": round(time.time() - start, 2)}
+  files.write_json(marker, summary)  # written last: the stage is complete
+  log(f"[pipeline] {name}: done in {summary['seconds']:.1f} s")
+  return summary
+
+
+def prepare_stage(config, paths: Paths) -> dict:
+  from bigrec_jax.data import prepare as prepare_lib
+
+  d = config.data
+  options = prepare_lib.PrepareOptions(
+      history_len=d.history_len, eval_sample_size=d.valid_test_size,
+      few_shot_sample=d.sample, few_shot_seed=config.seed)
+  stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
+                              options)
+  return {"stats": stats}
+
+
+def train_stage(config, paths: Paths) -> dict:
+  from bigrec_jax.train import loop
+
+  train_config = ml_collections.ConfigDict(config.to_dict())
+  train_config.data.dir = paths.data
+  return loop.train(train_config, paths.train) or {}
+
+
+def generate_stage(config, paths: Paths) -> dict:
+  from bigrec_jax.generate import runner
+
+  g = config.generate
+  options = runner.GenerateOptions(
+      num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
+      max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
+      constrained=g.constrained)
+  out = {}
+  for split in ("valid", "test"):
+    out[split] = runner.run(os.path.join(paths.data, f"{split}_5000.json"),
+                            paths.predictions_file(split), options,
+                            model_path=config.model.path or None,
+                            adapter=os.path.join(paths.train, "adapter"),
+                            items=os.path.join(paths.data, "items.tsv"),
+                            dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape))
+  return out
+
+
+def baselines_stage(config, paths: Paths, log) -> dict:
+  from bigrec_jax.baselines import run as baseline_run
+
+  out = {}
+  b = config.baselines
+  runs = [(m, False) for m in b.models]
+  if b.few_shot:
+    runs += [(m, True) for m in b.models if m != "mostpop"]
+  for model, few_shot in runs:
+    workdir = paths.baseline_dir(model, few_shot)
+    if os.path.exists(os.path.join(workdir, "metrics.json")):
+      out[os.path.basename(workdir)] = files.read_json(os.path.join(workdir, "metrics.json"))
+      continue
+    out[os.path.basename(workdir)] = baseline_run.train_and_evaluate(
+        b.to_dict(), model=model, data_dir=paths.data, workdir=workdir,
+        sample=config.data.sample if few_shot else -1, seed=config.seed, log=log)
+  return {"metrics": out}
+
+
+def evaluate_stage(config, paths: Paths, log) -> dict:
+  from bigrec_jax.evaluate.run import EvaluateOptions, evaluate_predictions
+
+  cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
+  opts = EvaluateOptions(
+      data_dir=paths.data, valid_predictions=paths.predictions_file("valid"),
+      test_predictions=paths.predictions_file("test"), out_dir=paths.eval,
+      model=config.model.path or None, cf_names=cf,
+      cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
+      cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
+      ks=tuple(config.ground.ks), beam=0, embed_batch_size=config.ground.embed_batch_size,
+      mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
+  metrics = evaluate_predictions(opts, log=log)
+  return {"methods": list(metrics["methods"])}
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
+                 log: Callable[[str], None] = print) -> dict:
+  """Runs (or resumes) every stage; returns {stage: summary}."""
+  check_config(config)
+  paths = Paths(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  force = set(config.pipeline.force_stages)
+  if "all" in force:
+    force = set(STAGES)
+  stages: dict[str, Callable[[], dict]] = {
+      "prepare": lambda: prepare_stage(config, paths),
+      "train": lambda: train_stage(config, paths),
+      "generate": lambda: generate_stage(config, paths),
+      "baselines": lambda: baselines_stage(config, paths, log),
+      "evaluate": lambda: evaluate_stage(config, paths, log),
+      "report": lambda: {"report": write_report(config, paths)},
+  }
+  only = set(config.pipeline.stages) if config.pipeline.stages else set(STAGES)
+  summaries = {}
+  for name in STAGES:
+    if name in only:
+      summaries[name] = run_stage(paths, name, stages[name], name in force, log)
+  if "report" in summaries:
+    log(f"[pipeline] report: {paths.report}")
+  return summaries
+
+
+# ----------------------------------------------------------------------------- report
+
+def _table(rows: list[tuple[str, dict]], ks: Sequence[int]) -> list[str]:
+  cols = [f"NDCG@{k}" for k in ks] + [f"HR@{k}" for k in ks]
+  out = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for name, m in rows:
+    out.append(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |")
+  return out
+
+
+def results_rows(paths: Paths) -> tuple[list[tuple[str, dict]], dict]:
+  """(method, test metrics) for BIGRec variants and every baseline found in the workdir."""
+  rows = []
+  ev = files.read_json(os.path.join(paths.eval, "metrics.json"))
+  for name, m in ev["methods"].items():
+    rows.append((name, m["test"]))
+  base = os.path.join(paths.workdir, "baselines")
+  if os.path.isdir(base):
+    for name in sorted(os.listdir(base)):
+      mfile = os.path.join(base, name, "metrics.json")
+      if os.path.exists(mfile):
+        rows.append((name, files.read_json(mfile)["test"]))
+  return rows, ev
+
+
+def write_report(config, paths: Paths) -> str:
+  rows, ev = results_rows(paths)
+  ks = ev["ks"]
+  stats = files.read_json(os.path.join(paths.data, "stats.json"))
+  lines = [f"# BIGRec report: {os.path.basename(os.path.abspath(paths.workdir))}", "",
+           "## Data", "", "```", _json_block(stats), "```", "",
+           f"## Test results (all-rank over {ev['num_items']} items, "
+           f"{ev['counts']['test']['rows']} rows, "
+           f"{ev['counts']['test']['empty_predictions']} empty predictions)", ""]
+  lines += _table(rows, ks)
+  lines += ["", "## Gammas chosen on validation (pop / cf)", ""]
+  for name, m in ev["methods"].items():
+    if "gammas" in m:
+      chosen = ", ".join(f"{metric}: {g['pop']:g}/{g['cf']:g}" for metric, g in m["gammas"].items()
+                         if metric.endswith("@10") or metric.endswith("@1"))
+      lines.append(f"- {name}: {chosen}")
+  lines += ["", "## Generation", ""]
+  gen = _maybe_json(paths.marker("generate"))
+  if gen:
+    for split in ("valid", "test"):
+      s = gen.get(split, {})
+      if s:
+        lines.append(f"- {split}: {s.get('rows')} rows in {s.get('seconds')} s"
+                     + (f", best beam is a catalog title for "
+                        f"{100 * s['best_is_catalog_title']:.1f}%"
+                        if "best_is_catalog_title" in s else ""))
+  train = _maybe_json(os.path.join(paths.train, "train_summary.json")) or _maybe_json(
+      paths.marker("train"))
+  if train:
+    lines += ["", "## Training", "", "```", _json_block(train), "```"]
+  lines += ["", "## Example recommendations (test)", ""]
+  lines += _examples(paths)
+  lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+  for stage in STAGES[:-1]:
+    m = _maybe_json(paths.marker(stage))
+    if m:
+      lines.append(f"| {stage} | {m['seconds']:.1f} |")
+  lines += ["", "Plots: `eval/gamma_curves.png`, `eval/popularity.png`.", ""]
+  text = "\n".join(lines)
+  files.atomic_write(paths.report, text)
+  return paths.report
+
+
+def _examples(paths: Paths, n: int = 5) -> list[str]:
+  top = _maybe_json(os.path.join(paths.eval, "test_top_items.json"))
+  if not top:
+    return ["(none)"]
+  from bigrec_jax.data.prepared import read_items
+
+  titles = read_items(paths.data)
+  rows = files.read_json(os.path.join(paths.data, "test_5000.json"))
+  out = []
+  for r, t in list(zip(rows, top))[:n]:
+    hist = ", ".join(titles[i] for i in r["history_item_ids"])
+    grounded = titles[t["bigrec"][0]] if t.get("bigrec") else "(empty)"
+    out.append(f"- history: {hist}\n  - generated: `{t['predict']}` -> grounded: **{grounded}**;"
+               f" true next item: **{t['target']}**")
+  return out
+
+
+def _maybe_json(path: str):
+  return files.read_json(path) if os.path.exists(path) else None
+
+
+def _json_block(obj: Any) -> str:
+  import json
+
+  return json.dumps(obj, indent=1, ensure_ascii=False)[:3000]
+
+
+# ----------------------------------------------------------------------------- seeds
+
+def run_seeds(config: ml_collections.ConfigDict, workdir: str,
+              log: Callable[[str], None] = print) -> dict:
+  """One run for `config.seed`, or one per entry of `config.seeds` plus a mean/spread report."""
+  seeds = list(config.seeds) if len(config.seeds) > 1 else None
+  if not seeds:
+    if len(config.seeds) == 1:
+      config.seed = int(config.seeds[0])
+    return run_pipeline(config, workdir, log)
+  out = {}
+  for seed in seeds:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed, c.seeds = int(seed), (int(seed),)
+    out[seed] = run_pipeline(c, os.path.join(workdir, f"seed_{seed}"), log)
+  write_seed_report(workdir, seeds)
+  return out
+
+
+def write_seed_report(workdir: str, seeds: Sequence[int]) -> str:
+  per_seed = {s: dict(results_rows(Paths(os.path.join(workdir, f"seed_{s}")))[0]) for s in seeds}
+  ks = files.read_json(os.path.join(workdir, f"seed_{seeds[0]}", "eval", "metrics.json"))["ks"]
+  cols = [f"NDCG@{k}" for k in ks] + [f"HR@{k}" for k in ks]
+  methods = [m for m in per_seed[seeds[0]] if all(m in r for r in per_seed.values())]
+  lines = [f"# BIGRec report over seeds {list(seeds)}", "",
+           "Mean ± standard deviation of test metrics over seeds (one run per seed in "
+           "`seed_<s>/`, each with its own report.md).", "",
+           "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  summary = {}
+  for m in methods:
+    vals = {c: np.array([per_seed[s][m][c] for s in seeds]) for c in cols}
+    summary[m] = {c: {"mean": float(v.mean()), "std": float(v.std())} for c, v in vals.items()}
+    lines.append(f"| {m} | " + " | ".join(f"{v.mean():.4f} ± {v.std():.4f}"
+                                          for v in vals.values()) + " |")
+  files.write_json(os.path.join(workdir, "seeds_summary.json"), summary)
+  path = os.path.join(workdir, "report.md")
+  files.atomic_write(path, "\n".join(lines) + "\n")
+  return path

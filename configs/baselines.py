@@ -1,0 +1,27 @@
+"""Hyperparameters of the sequential baselines (launch/train_baseline.py).
+
+The model, data dir, workdir, few-shot sample size and seed are flags; everything here can be
+overridden with --config.<field>=value, e.g. --config.train.max_epochs=5 --config.sasrec.heads=2.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.max_len = 10  # BIGRec's history length
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=512,
+      eval_batch_size=1024,
+      learning_rate=1e-3,
+      weight_decay=0.01,
+      grad_clip=1.0,
+      max_epochs=50,
+      patience=5,
+  ))
+  config.sasrec = ml_collections.ConfigDict(dict(hidden=64, blocks=2, heads=1, dropout=0.2))
+  config.gru4rec = ml_collections.ConfigDict(dict(embed_dim=64, hidden=128, dropout=0.2))
+  config.caser = ml_collections.ConfigDict(dict(embed_dim=64, horizontal=16, vertical=4,
+                                                dropout=0.3))
+  return config

@@ -1,0 +1,50 @@
+"""BIGRec end to end as one job: prepare -> train -> generate -> baselines -> evaluate -> report.
+
+  python launch/pipeline.py --config=configs/demo.py --workdir=runs/demo
+  python launch/pipeline.py --config=configs/demo.py --workdir=runs/demo --force_stage=evaluate
+  python launch/pipeline.py --config=configs/movie_llama7b.py --config.seeds=0,1,2 --workdir=...
+
+Completed stages are skipped on a rerun (resume after a crash). Every config field can be
+overridden with --config.<section>.<field>=value; see configs/default.py for all of them.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import flags
+from ml_collections import config_flags
+
+from bigrec_jax import cli, parallel
+from bigrec_jax.files import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py",
+                                          "Pipeline config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (resumable).")
+_FORCE = flags.DEFINE_multi_string("force_stage", [], "Redo a stage even if it is complete "
+                                   "(prepare, train, generate, baselines, evaluate, report, all).")
+_STAGES = flags.DEFINE_list("stages", [], "Run only these stages (default: all).")
+_COORD = flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+_PID = flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required")
+  from bigrec_jax import pipeline
+
+  config = _CONFIG.value
+  if _FORCE.value:
+    config.pipeline.force_stages = tuple(_FORCE.value)
+  if _STAGES.value:
+    config.pipeline.stages = tuple(_STAGES.value)
+  pipeline.check_config(config)
+  parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+  pipeline.run_seeds(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)
