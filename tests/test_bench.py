@@ -21,7 +21,7 @@ def test_quick_bench_writes_well_formed_json(tmp_path):
   r = _bench("--quick", "--flops", f"--out={out}")
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
   rec = json.loads(out.read_text())
-  assert rec["schema"] == 1 and rec["quick"] is True
+  assert rec["schema"] == 1 and rec["quick"] is True and rec["complete"] is True
   assert set(rec["tasks"]) == TASKS
   for side in ("jax", "torch"):
     assert rec["device"][side]["platform"] in ("cpu", "gpu", "tpu")

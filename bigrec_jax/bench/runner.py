@@ -162,7 +162,12 @@ def run(o: BenchOptions) -> dict[str, Any]:
           if rec is None:
             rec = {"status": "error", "reason": problem or "worker wrote no result for this case"}
           results[c.name][side] = rec
-  record = _assemble(o, model, cases, results, side_info, isolate, load_before, started)
+      # A partial record after every group: a run cut short still leaves what it measured.
+      done = [c for c in cases if len(results[c.name]) == len(o.sides)]
+      partial = _assemble(o, model, done, results, side_info, isolate, load_before, started)
+      write_json(o.out, dict(partial, complete=False))
+  record = dict(_assemble(o, model, cases, results, side_info, isolate, load_before, started),
+                complete=True)
   write_json(o.out, record)
   print(format_table(record), flush=True)
   print(f"[bench] wrote {o.out}", flush=True)
