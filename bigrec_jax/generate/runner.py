@@ -260,7 +260,11 @@ def run(input_path: str, output_path: str, options: GenerateOptions, *,
   """Reads rows, generates, writes output_path atomically (process 0); returns a summary."""
   import time
 
-  rows = read_input_rows(input_path)  # input errors before the model loads
+  rows = read_input_rows(input_path)
+  for i, row in enumerate(rows):  # input errors before the model loads
+    problem = _row_problem(row)
+    if problem:
+      raise UserError(f"{input_path}: row {i}: {problem}")
   titles = read_titles(items) if options.constrained or items else None
   if options.constrained and not titles:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
