@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_on_inputs = True  # reference: loss over the whole prompt
   c.data.group_by_length = True
   c.data.bucket_multiple = 64
+  c.data.valid_split = "valid_5000"  # validation loss each epoch on this split ("" = none)
+  c.data.valid_sample = -1  # rows of it used (-1 = all)
 
   c.train = ml_collections.ConfigDict()
   c.train.learning_rate = 1e-4
@@ -53,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every_epochs = 1
   c.train.keep_checkpoints = 2
   c.train.log_every_steps = 1
+  c.train.eval_batch_size = 8  # per data-parallel replica (HF per_device_eval_batch_size)
+  c.train.checkpoint_every_steps = 10  # also after every validation and on SIGTERM; 0 = only then
+  c.train.resume = True  # continue from the newest good checkpoint in the workdir
+  c.train.loss_chunk_tokens = 1024  # fused output-projection + CE over chunks; 0 = full logits
 
   # Device mesh (data, fsdp, tensor); -1 = the rest of the devices.
   c.mesh = ml_collections.ConfigDict()

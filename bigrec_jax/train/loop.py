@@ -1,0 +1,430 @@
+"""`train(config, workdir)`: BIGRec step 1, LoRA instruction tuning with early stopping.
+
+Layout of workdir:
+  checkpoints/        orbax checkpoints (latest `keep_checkpoints` + best validation loss)
+  checkpoints_corrupt/  checkpoints that failed to load, moved aside
+  tb/                 TensorBoard scalars (process 0 only)
+  adapter/            best adapter in PEFT format (adapter_config.json + safetensors)
+  config.json         the run's configuration
+  train_summary.json  written last: the run is complete when it exists
+
+The loop is restartable at any point: every `checkpoint_every_steps` steps, after each
+validation and on SIGTERM it saves a checkpoint holding the train state, the best adapter and
+the loop's bookkeeping; a rerun continues from the newest good one and ends with the same
+adapter as an uninterrupted run (batches and dropout are functions of the step number).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from bigrec_jax import files, parallel
+from bigrec_jax.files import UserError
+from bigrec_jax.model import LoraConfig, lora as lora_lib
+from bigrec_jax.train import checkpoint as ckpt_lib
+from bigrec_jax.train import optimizer as opt_lib
+from bigrec_jax.train import step as step_lib
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped early, rerun to continue"
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class TrainingDiverged(UserError):
+  """A non-finite loss or gradient: the state of that step was not applied."""
+
+
+class Preempted(SystemExit):
+  """SIGTERM arrived; a checkpoint was written. Rerunning the same command continues."""
+
+  def __init__(self, message: str):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.message = message
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def lora_config_of(config) -> LoraConfig:
+  try:
+    return LoraConfig(rank=int(config.lora.rank), alpha=float(config.lora.alpha),
+                      dropout=float(config.lora.dropout), targets=tuple(config.lora.targets))
+  except ValueError as e:
+    raise UserError(f"--config.lora: {e}") from None
+
+
+def data_dirs(config) -> list[str]:
+  dirs = [config.data.dir] + list(config.data.get("extra_train_dirs", ()) or ())
+  return [d for d in dirs if d]
+
+
+def validate_config(config, *, need_data: bool = True, num_devices: int | None = None) -> None:
+  """Every check that needs no heavy work; raises UserError naming the field."""
+  t, d = config.train, config.data
+  positive = {"train.learning_rate": t.learning_rate, "train.micro_batch_size": t.micro_batch_size,
+              "train.batch_size": t.batch_size, "train.num_epochs": t.num_epochs,
+              "train.eval_batch_size": t.eval_batch_size,
+              "train.keep_checkpoints": t.keep_checkpoints,
+              "train.eval_every_epochs": t.eval_every_epochs,
+              "train.log_every_steps": t.log_every_steps,
+              "data.cutoff_len": d.cutoff_len, "data.bucket_multiple": d.bucket_multiple}
+  for name, value in positive.items():
+    if not value > 0:
+      raise UserError(f"--config.{name} must be positive, got {value}")
+  non_negative = {"train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
+                  "train.max_grad_norm": t.max_grad_norm,
+                  "train.early_stopping_patience": t.early_stopping_patience,
+                  "train.checkpoint_every_steps": t.checkpoint_every_steps}
+  for name, value in non_negative.items():
+    if value < 0:
+      raise UserError(f"--config.{name} must be >= 0, got {value}")
+  if t.max_steps == 0 or t.max_steps < -1:
+    raise UserError(f"--config.train.max_steps must be -1 (from epochs) or positive, got "
+                    f"{t.max_steps}")
+  if t.batch_size % t.micro_batch_size:
+    raise UserError(f"--config.train.batch_size {t.batch_size} is not a multiple of "
+                    f"--config.train.micro_batch_size {t.micro_batch_size}")
+  if d.sample < -1 or d.get("valid_sample", -1) < -1:
+    raise UserError("--config.data.sample / valid_sample must be -1 (all) or >= 0")
+  if not 0.0 <= config.lora.dropout < 1.0:
+    raise UserError(f"--config.lora.dropout must be in [0, 1), got {config.lora.dropout}")
+  lora_config_of(config)
+  for name in ("dtype", "param_dtype"):
+    if config.model[name] not in _DTYPES:
+      raise UserError(f"--config.model.{name} must be one of {_DTYPES}, got "
+                      f"{config.model[name]!r}")
+  if config.model.path and not os.path.exists(config.model.path):
+    raise UserError(f"--config.model.path {config.model.path}: not found (a .gguf file or an HF "
+                    "directory)")
+  n = num_devices if num_devices is not None else jax.device_count()
+  shape = parallel.resolve_mesh_shape(tuple(config.mesh.shape), n)
+  dp = shape[0] * shape[1]
+  if t.batch_size % (t.micro_batch_size * dp):
+    raise UserError(f"--config.train.batch_size {t.batch_size} must be a multiple of "
+                    f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+  if dp % jax.process_count():
+    raise UserError(f"the data-parallel size {dp} (mesh data x fsdp) must be a multiple of the "
+                    f"{jax.process_count()} processes: each process feeds its own rows")
+  if need_data:
+    dirs = data_dirs(config)
+    if not dirs:
+      raise UserError("--config.data.dir is empty: give a directory written by "
+                      "launch/prepare_data.py")
+    for directory in dirs:
+      for split in ("train", d.valid_split):
+        path = os.path.join(directory, f"{split}.json")
+        if split and not os.path.exists(path):
+          raise UserError(f"{path}: not found (run launch/prepare_data.py, or set "
+                          "--config.data.dir / --config.data.valid_split)")
+
+
+def _load_data(config, tokenizer):
+  """Tokenized (train, valid) sets of the configured prepared directories."""
+  from bigrec_jax.data import prepared, tokenize
+
+  dirs = data_dirs(config)
+  d = config.data
+  kw = dict(cutoff_len=d.cutoff_len, train_on_inputs=d.train_on_inputs)
+  train_rows = prepared.load_training_rows(dirs, d.sample, config.seed)
+  train = tokenize.tokenize_rows(tokenizer, train_rows, **kw)
+  valid = None
+  if d.valid_split and d.valid_sample != 0:
+    valid_rows = prepared.load_training_rows(dirs, d.valid_sample, config.seed, split=d.valid_split)
+    valid = tokenize.tokenize_rows(tokenizer, valid_rows, **kw)
+  return train, valid
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+class _Stop:
+  """SIGTERM -> a flag checked between steps (the handler itself does nothing heavy)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """True on every process once any process was asked to stop (checkpoints are collective)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray([int(self.requested)], np.int32))
+    return bool(np.any(flags))
+
+
+class _Logs:
+  """TensorBoard scalars and the progress bar, on process 0 only."""
+
+  def __init__(self, workdir: str, total: int, start: int):
+    self.main = parallel.is_main_process()
+    self.writer = None
+    self.bar = None
+    if self.main:
+      from tensorboardX import SummaryWriter
+      from tqdm.auto import tqdm
+
+      self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+      self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if self.writer is not None:
+      for k, v in values.items():
+        self.writer.add_scalar(k, v, step)
+
+  def progress(self, **postfix) -> None:
+    if self.bar is not None:
+      self.bar.update(1)
+      self.bar.set_postfix(postfix, refresh=False)
+
+  def message(self, text: str) -> None:
+    logging.info(text)
+    if self.bar is not None:
+      self.bar.write(text)
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _to_host(tree):
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def _export_adapter(path: str, lora, lora_config: LoraConfig, model_config, source: str) -> None:
+  """PEFT export into a fresh directory, then swapped in (never a half-written adapter/)."""
+  host = _to_host(lora)
+  if not parallel.is_main_process():
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  lora_lib.export_peft(tmp, host, lora_config, model_config, base_model=source)
+  old = f"{path}.old-{os.getpid()}"
+  if os.path.exists(path):
+    os.replace(path, old)
+  os.replace(tmp, path)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _local_train_batch(local: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+  """[rows, T] -> [rows / accum, accum, T]: micro-batch i is column i (see step.make_train_step)."""
+  return {k: v.reshape(v.shape[0] // accum, accum, v.shape[1])
+          for k, v in local.items() if k in ("input_ids", "attention_mask", "labels")}
+
+
+def train(config, workdir: str, *, model=None, train_data=None, valid_data=None) -> dict[str, Any]:
+  """Runs (or resumes) LoRA training; returns the summary also written to train_summary.json.
+
+  `model` (a LoadedModel), `train_data` / `valid_data` (data.tokenize.Tokenized) replace what
+  the config names (tests use tiny models and synthetic sets). Raises TrainingDiverged on a
+  non-finite loss and Preempted (exit 143) after checkpointing on SIGTERM.
+  """
+  from bigrec_jax.data.batching import Batches
+  from bigrec_jax.model import load_model
+
+  validate_config(config, need_data=train_data is None)
+  workdir = os.path.abspath(workdir)
+  t = config.train
+  mesh = parallel.make_mesh(tuple(config.mesh.shape))
+  lora_config = lora_config_of(config)
+  if model is None:
+    model = load_model(config.model.path or None, dtype=config.model.dtype,
+                       param_dtype=config.model.param_dtype, mesh=mesh, remat=config.model.remat)
+  model_config = model.config
+  params = jax.device_put(model.params, step_lib.param_shardings(model_config, mesh))
+  if train_data is None:
+    train_data, valid_data = _load_data(config, model.tokenizer)
+  if len(train_data) == 0:
+    raise UserError("the training set is empty")
+
+  dp = parallel.data_parallel_size(mesh)
+  accum = t.batch_size // (t.micro_batch_size * dp)
+  pad_id = model_config.pad_token_id
+  batches = Batches(train_data, t.batch_size, seed=config.seed, shuffle=True,
+                    group_by_length=config.data.group_by_length,
+                    bucket_multiple=config.data.bucket_multiple, drop_remainder=False,
+                    pad_id=pad_id)
+  valid_batches = None
+  if valid_data is not None and len(valid_data):
+    valid_batches = Batches(valid_data, t.eval_batch_size * dp, shuffle=False,
+                            group_by_length=False, bucket_multiple=config.data.bucket_multiple,
+                            drop_remainder=False, pad_id=pad_id)
+  per_epoch = batches.steps_per_epoch
+  total = t.max_steps if t.max_steps > 0 else t.num_epochs * per_epoch
+  eval_period = per_epoch * t.eval_every_epochs
+
+  optimizer, schedule = opt_lib.from_config(t, total)
+  chunk = int(t.loss_chunk_tokens)
+  train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh,
+                                        loss_chunk_tokens=chunk)
+  eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, loss_chunk_tokens=chunk)
+  state_sh = step_lib.state_shardings(model_config, lora_config, optimizer, mesh)
+  lora_sh = step_lib.lora_shardings(model_config, lora_config, mesh)
+
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not t.resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    raise UserError(f"{ckpt_dir} already holds checkpoints and --config.train.resume is off: "
+                    "use a new --workdir or turn resume on")
+  checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=t.keep_checkpoints)
+  fresh = step_lib.init_state(model_config, lora_config, optimizer, config.seed, mesh)
+  restored = None
+  if t.resume:
+    shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    restored = checkpoints.restore_latest(shapes(fresh), state_sh, shapes(fresh.lora), lora_sh)
+  # The step donates the state, so the best adapter must be a copy, not a view of it.
+  copy_lora = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=lora_sh)
+  if restored is None:
+    state, best_lora = fresh, copy_lora(fresh.lora)
+    meta: dict[str, Any] = {"best_val_loss": None, "best_step": 0, "bad_evals": 0,
+                            "evaluated_step": 0, "status": "running", "history": []}
+  else:
+    state, best_lora, meta = restored
+    del fresh
+  step = int(jax.device_get(state.step))
+  if parallel.is_main_process():
+    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  logs = _Logs(workdir, total, step)
+  if restored is not None:
+    logs.message(f"resumed from checkpoint step {step} (epoch {step // per_epoch})")
+
+  def save(val_loss=None):
+    meta.update(epoch=step // per_epoch, batch_in_epoch=step % per_epoch,
+                steps_per_epoch=per_epoch, total_steps=total)
+    checkpoints.save(state, best_lora, meta, val_loss=val_loss)
+
+  def evaluate(stop) -> float | None:
+    sums = None
+    for k in range(valid_batches.steps_per_epoch):
+      if stop.agreed():
+        return None
+      batch = parallel.global_batch_from_local(
+          {n: v for n, v in valid_batches.local_batch(k).items() if n != "position_ids"}, mesh)
+      out = eval_step(params, state.lora, batch)
+      sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+    sums = jax.device_get(sums)
+    return float(sums["ce_sum"] / max(float(sums["label_tokens"]), 1.0))
+
+  try:
+    with _Stop() as stop:
+      while meta["status"] == "running":
+        due = valid_batches is not None and step > 0 and (step % eval_period == 0 or step == total)
+        if due and meta["evaluated_step"] != step:
+          val_loss = evaluate(stop)
+          if val_loss is None:
+            raise _preempt(save, step, checkpoints, "during validation")
+          _record_eval(meta, step, per_epoch, val_loss, t.early_stopping_patience)
+          if meta["best_step"] == step:
+            best_lora = copy_lora(state.lora)
+          logs.scalars(step, {"eval/loss": val_loss})
+          logs.message(f"epoch {step / per_epoch:.2f} step {step}: validation loss {val_loss:.4f}"
+                       f" (best {meta['best_val_loss']:.4f} at step {meta['best_step']})")
+          if meta["status"] == "running" and step >= total:
+            meta["status"] = "finished"
+          save(val_loss)
+          continue
+        if step >= total:
+          meta["status"] = "finished"
+          save()
+          break
+
+        started = time.perf_counter()
+        local = _local_train_batch(batches.local_batch(step), accum)
+        batch = parallel.global_batch_from_local(local, mesh)
+        lr = float(schedule(step))
+        state, metrics = train_step(state, params, batch)
+        m = jax.device_get(metrics)
+        seconds = time.perf_counter() - started
+        if not m["ok"]:
+          checkpoints.wait()
+          last = checkpoints.latest_step()
+          raise TrainingDiverged(
+              f"training stopped at step {step + 1} (epoch {step // per_epoch + 1}): the "
+              f"{'loss' if not math.isfinite(float(m['loss'])) else 'gradient'} is not finite "
+              f"(loss {float(m['loss'])}, grad norm {float(m['grad_norm'])}). The update was not "
+              f"applied; the last good checkpoint is step {last} in {ckpt_dir}. Lower "
+              "--config.train.learning_rate or set --config.train.max_grad_norm.")
+        step += 1
+        tokens_per_s = float(m["tokens"]) / max(seconds, 1e-9)
+        logs.progress(loss=f"{float(m['loss']):.4f}", tok_s=f"{tokens_per_s:.0f}")
+        if step % t.log_every_steps == 0 or step == 1:
+          logs.scalars(step, {"train/loss": float(m["loss"]), "train/lr": lr,
+                              "train/grad_norm": float(m["grad_norm"]),
+                              "train/tokens_per_s": tokens_per_s,
+                              "train/epoch": step / per_epoch})
+        if stop.agreed():
+          raise _preempt(save, step, checkpoints, "")
+        eval_next = valid_batches is not None and (step % eval_period == 0 or step == total)
+        if (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
+            and not eval_next):
+          save()
+    checkpoints.close()
+  finally:
+    logs.close()
+
+  adapter_dir = os.path.join(workdir, "adapter")
+  final = best_lora if valid_batches is not None else state.lora
+  _export_adapter(adapter_dir, final, lora_config, model_config, model.source)
+  summary = {"status": meta["status"], "steps": step, "epochs": step / per_epoch,
+             "steps_per_epoch": per_epoch, "total_steps": total, "accumulation_steps": accum,
+             "best_val_loss": meta["best_val_loss"], "best_step": meta["best_step"],
+             "history": meta["history"], "adapter": adapter_dir,
+             "train_examples": len(train_data),
+             "valid_examples": len(valid_data) if valid_data is not None else 0}
+  if parallel.is_main_process():
+    files.write_json(os.path.join(workdir, "train_summary.json"), summary)
+  return summary
+
+
+def _record_eval(meta, step, per_epoch, val_loss, patience) -> None:
+  """Early-stopping bookkeeping as HF's EarlyStoppingCallback (strict improvement)."""
+  meta["history"].append({"step": step, "epoch": step / per_epoch, "val_loss": val_loss})
+  meta["evaluated_step"] = step
+  if not math.isfinite(val_loss):
+    raise TrainingDiverged(f"validation loss at step {step} is not finite ({val_loss})")
+  if meta["best_val_loss"] is None or val_loss < meta["best_val_loss"]:
+    meta.update(best_val_loss=val_loss, best_step=step, bad_evals=0)
+  else:
+    meta["bad_evals"] += 1
+    if patience and meta["bad_evals"] >= patience:
+      meta["status"] = "early_stopped"
+
+
+def _preempt(save, step, checkpoints, where: str) -> Preempted:
+  save()
+  checkpoints.close()
+  message = (f"SIGTERM received {where + ' ' if where else ''}at step {step}: checkpoint "
+             f"written to {checkpoints.directory}; rerun the same command to continue")
+  logging.warning(message)
+  import sys
+
+  sys.stderr.write(message + "\n")
+  return Preempted(message)

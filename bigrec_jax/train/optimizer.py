@@ -1,0 +1,48 @@
+"""AdamW with HF Trainer's default schedule: linear warm-up from 0, then linear decay to 0.
+
+HF's `get_linear_schedule_with_warmup` gives update k (0-based) the rate
+lr * k / warmup during warm-up and lr * (total - k) / (total - warmup) after it, so the first
+update of a warmed-up run uses rate 0. optax counts updates from 0 too, so the same formula
+reproduces HF's rates step for step.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+
+def linear_warmup_decay(learning_rate: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """HF `get_linear_schedule_with_warmup` as an optax schedule of the update count."""
+  warmup = max(int(warmup_steps), 0)
+  total = max(int(total_steps), 1)
+
+  def schedule(count):
+    k = jnp.asarray(count, jnp.float32)
+    up = k / max(warmup, 1)
+    down = jnp.maximum(0.0, (total - k) / max(total - warmup, 1))
+    return learning_rate * jnp.where(k < warmup, up, down)
+
+  return schedule
+
+
+def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int = 20,
+                   weight_decay: float = 0.0, max_grad_norm: float = 0.0, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8) -> tuple[optax.GradientTransformation,
+                                                                  optax.Schedule]:
+  """AdamW (torch/HF defaults for betas and eps) with optional global-norm clipping.
+
+  Returns the transformation and its schedule (for logging the rate of each step).
+  """
+  schedule = linear_warmup_decay(learning_rate, warmup_steps, total_steps)
+  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  if max_grad_norm and max_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw), schedule
+  return adamw, schedule
+
+
+def from_config(train_config, total_steps: int):
+  """`make_optimizer` from the `train` section of configs/default.py."""
+  return make_optimizer(train_config.learning_rate, total_steps,
+                        warmup_steps=train_config.warmup_steps,
+                        weight_decay=train_config.weight_decay,
+                        max_grad_norm=train_config.max_grad_norm)
