@@ -44,3 +44,33 @@ def test_all_rank_counts_strictly_higher_scores():
 def test_unknown_model_field_is_a_user_error():
   with pytest.raises(UserError, match="hiddn"):
     models.build_model("sasrec", 10, 10, {"hiddn": 3})
+
+
+def test_caser_fused_horizontal_convs_match_separate_convolutions():
+  import jax
+
+  from bigrec_jax.baselines.caser import horizontal_features
+
+  rng = np.random.default_rng(0)
+  b, length, d, f = 3, 5, 4, 2
+  e = rng.normal(size=(b, length, d)).astype(np.float32)
+  kernel = rng.normal(size=(length, d, length, f)).astype(np.float32)
+  bias = rng.normal(size=(length, f)).astype(np.float32)
+  got = np.asarray(jax.jit(horizontal_features)(e, kernel, bias))
+  want = np.zeros((b, length, f), np.float32)
+  for h in range(1, length + 1):  # a 'VALID' convolution of height h, relu, max over starts
+    conv = [np.einsum("bjd,jdf->bf", e[:, t:t + h], kernel[:h, :, h - 1]) + bias[h - 1]
+            for t in range(length - h + 1)]
+    want[:, h - 1] = np.maximum(np.stack(conv, 1), 0).max(axis=1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gru4rec_padding_steps_leave_the_state_alone():
+  import jax
+
+  model = models.build_model("gru4rec", 20, 6, {"dropout": 0.0})
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 6), np.int32))["params"]
+  padded = np.array([[20, 20, 20, 3, 7, 9]], np.int32)
+  short = models.build_model("gru4rec", 20, 3, {"dropout": 0.0})
+  np.testing.assert_allclose(model.apply({"params": params}, padded),
+                             short.apply({"params": params}, padded[:, 3:]), rtol=1e-5, atol=1e-5)
