@@ -145,8 +145,9 @@ class Generator:
     show = self.options.progress and parallel.is_main_process()
     for length, indices in tqdm(self.plan([len(x) for x in prompt_ids]), desc=desc,
                                 unit="batch", disable=not show):
-      local = tokenize_lib.pad_examples(data, indices[start:stop], length,
-                                        pad_id=int(self.config.pad_token_id))
+      # Filler rows repeat the batch's first row (it fits this bucket; its output is dropped).
+      fill = np.where(indices >= 0, indices, indices[0])[start:stop]
+      local = tokenize_lib.pad_examples(data, fill, length, pad_id=int(self.config.pad_token_id))
       batch = parallel.global_batch_from_local(
           {"ids": local["input_ids"], "mask": local["attention_mask"]}, self.mesh)
       out = beam_search.search(self.config, self.search_config, self.model.params, batch["ids"],

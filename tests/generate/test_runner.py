@@ -86,8 +86,8 @@ def test_run_writes_rows_with_predictions_and_compiles_once_per_bucket(tmp_path)
   from bigrec_jax.model import LoraConfig, lora, load_model
 
   model_dir = _tiny_model_dir(tmp_path)
-  rows = [dict(_row(), user_id=str(i)) for i in range(5)]
-  rows[3] = _row("The user has watched the following movies before:" +
+  rows = [dict(_row(), user_id=str(i)) for i in range(6)]
+  rows[0] = _row("The user has watched the following movies before:" +
                  ", ".join(f'"Movie {i}"' for i in range(30)) + "\n ")  # a second bucket
   (tmp_path / "in.json").write_text(json.dumps(rows))
   (tmp_path / "data").mkdir()
@@ -118,7 +118,7 @@ def test_run_writes_rows_with_predictions_and_compiles_once_per_bucket(tmp_path)
   # The adapter (found in the workdir's adapter/) was merged: the scores move.
   assert not np.allclose([r["predict_scores"] for r in outputs["base"]],
                          [r["predict_scores"] for r in outputs["tuned"]])
-  # 5 rows in 2 buckets, batches of 2, two runs: six batches but only two compiled programs.
+  # 6 rows in 2 buckets, batches of 2 (with fillers), two runs: 8 batches, 2 programs.
   assert beam_search.TRACE_COUNTS["search"] - before == 2
 
 
