@@ -142,7 +142,7 @@ def generate_stage(config, paths: Paths) -> dict:
 def baselines_stage(config, paths: Paths, log) -> dict:
   from bigrec_jax.baselines import run as baseline_run
 
-  out = {}
+  out = []
   b = config.baselines
   runs = [(m, False) for m in b.models]
   if b.few_shot:
@@ -150,12 +150,12 @@ def baselines_stage(config, paths: Paths, log) -> dict:
   for model, few_shot in runs:
     workdir = paths.baseline_dir(model, few_shot)
     if os.path.exists(os.path.join(workdir, "metrics.json")):
-      out[os.path.basename(workdir)] = files.read_json(os.path.join(workdir, "metrics.json"))
-      continue
-    out[os.path.basename(workdir)] = baseline_run.train_and_evaluate(
+      continue  # finished in an earlier, interrupted run of this stage
+    baseline_run.train_and_evaluate(
         b.to_dict(), model=model, data_dir=paths.data, workdir=workdir,
         sample=config.data.sample if few_shot else -1, seed=config.seed, log=log)
-  return {"metrics": out}
+    out.append(os.path.basename(workdir))
+  return {"runs": out}
 
 
 def evaluate_stage(config, paths: Paths, log) -> dict:
@@ -222,7 +222,8 @@ def results_rows(paths: Paths) -> tuple[list[tuple[str, dict]], dict]:
     for name in sorted(os.listdir(base)):
       mfile = os.path.join(base, name, "metrics.json")
       if os.path.exists(mfile):
-        rows.append((name, files.read_json(mfile)["test"]))
+        for method, m in files.read_json(mfile)["methods"].items():
+          rows.append((name if method == name.split("_")[0] else method, m["test"]))
   return rows, ev
 
 
@@ -230,8 +231,15 @@ def write_report(config, paths: Paths) -> str:
   rows, ev = results_rows(paths)
   ks = ev["ks"]
   stats = files.read_json(os.path.join(paths.data, "stats.json"))
+  ex = stats.get("examples", {})
   lines = [f"# BIGRec report: {os.path.basename(os.path.abspath(paths.workdir))}", "",
-           "## Data", "", "```", _json_block(stats), "```", "",
+           "## Data", "",
+           f"{stats.get('dataset')}: {stats.get('users')} users, {stats.get('items')} items, "
+           f"{stats.get('interactions')} interactions; examples train/valid/test "
+           f"{ex.get('train')}/{ex.get('valid')}/{ex.get('test')}; evaluated on "
+           f"{ex.get('valid_5000')} valid and {ex.get('test_5000')} test rows; LLM trained on "
+           f"{config.data.sample if config.data.sample > 0 else 'all'} examples "
+           f"(seed {config.seed}). Full statistics: `data/stats.json`.", "",
            f"## Test results (all-rank over {ev['num_items']} items, "
            f"{ev['counts']['test']['rows']} rows, "
            f"{ev['counts']['test']['empty_predictions']} empty predictions)", ""]
