@@ -143,8 +143,9 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   elif not (os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_JOB_ID")
             or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS")):
     return  # single process
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Only the CPU client reads this option, so it is safe everywhere; asking jax.default_backend()
+  # here would initialise the backends, which distributed.initialize forbids.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=60,
                              **kwargs) if _accepts_heartbeat() else jax.distributed.initialize(
                                  initialization_timeout=timeout_s, **kwargs)

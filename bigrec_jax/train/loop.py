@@ -69,8 +69,13 @@ def data_dirs(config) -> list[str]:
   return [d for d in dirs if d]
 
 
-def validate_config(config, *, need_data: bool = True, num_devices: int | None = None) -> None:
-  """Every check that needs no heavy work; raises UserError naming the field."""
+def validate_config(config, *, need_data: bool = True, check_devices: bool = True,
+                    num_devices: int | None = None) -> None:
+  """Every check that needs no heavy work; raises UserError naming the field.
+
+  `check_devices=False` skips what needs the JAX backend (the mesh against the device count),
+  so a launcher can validate before `jax.distributed.initialize`.
+  """
   t, d = config.train, config.data
   positive = {"train.learning_rate": t.learning_rate, "train.micro_batch_size": t.micro_batch_size,
               "train.batch_size": t.batch_size, "train.num_epochs": t.num_epochs,
@@ -107,15 +112,19 @@ def validate_config(config, *, need_data: bool = True, num_devices: int | None =
   if config.model.path and not os.path.exists(config.model.path):
     raise UserError(f"--config.model.path {config.model.path}: not found (a .gguf file or an HF "
                     "directory)")
-  n = num_devices if num_devices is not None else jax.device_count()
-  shape = parallel.resolve_mesh_shape(tuple(config.mesh.shape), n)
-  dp = shape[0] * shape[1]
-  if t.batch_size % (t.micro_batch_size * dp):
-    raise UserError(f"--config.train.batch_size {t.batch_size} must be a multiple of "
-                    f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
-  if dp % jax.process_count():
-    raise UserError(f"the data-parallel size {dp} (mesh data x fsdp) must be a multiple of the "
-                    f"{jax.process_count()} processes: each process feeds its own rows")
+  if len(tuple(config.mesh.shape)) != len(parallel.MESH_AXES):
+    raise UserError(f"--config.mesh.shape {tuple(config.mesh.shape)} needs one size per axis "
+                    f"{parallel.MESH_AXES}")
+  if check_devices:
+    n = num_devices if num_devices is not None else jax.device_count()
+    shape = parallel.resolve_mesh_shape(tuple(config.mesh.shape), n)
+    dp = shape[0] * shape[1]
+    if t.batch_size % (t.micro_batch_size * dp):
+      raise UserError(f"--config.train.batch_size {t.batch_size} must be a multiple of "
+                      f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+    if dp % jax.process_count():
+      raise UserError(f"the data-parallel size {dp} (mesh data x fsdp) must be a multiple of the "
+                      f"{jax.process_count()} processes: each process feeds its own rows")
   if need_data:
     dirs = data_dirs(config)
     if not dirs:

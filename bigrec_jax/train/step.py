@@ -231,7 +231,7 @@ def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
     denom = jnp.maximum(count, 1).astype(jnp.float32)
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = loss_sum / denom
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
     lora = optax.apply_updates(state.lora, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,0 +1,50 @@
+r"""BIGRec step 1: LoRA instruction tuning of the base model on a prepared-data directory.
+
+  python launch/train.py --workdir=/tmp/run/train --config.data.dir=/tmp/ml100k
+  python launch/train.py --workdir=... --config=configs/movie_llama7b.py \
+      --config.train.learning_rate=3e-4 --config.mesh.shape=1,-1,1
+  # multi-host (Cloud TPU and SLURM are detected without these flags):
+  python launch/train.py --workdir=... --coordinator_address=10.0.0.1:1234 \
+      --num_processes=2 --process_id=0
+
+Rerunning the same command resumes from the newest good checkpoint in --workdir (after a crash,
+SIGKILL or SIGTERM/preemption, which checkpoints and exits with status 143). The best adapter
+ends up in WORKDIR/adapter (PEFT format), TensorBoard scalars in WORKDIR/tb.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, _REPO)
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bigrec_jax import cli, parallel  # noqa: E402
+from bigrec_jax.files import UserError  # noqa: E402
+from bigrec_jax.train import loop  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
+                                          "Run configuration (every field: --config.a.b=...).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the adapter go here.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: coordinator host:port.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required")
+  config = _CONFIG.value
+  loop.validate_config(config, check_devices=False)
+  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+  loop.train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)
