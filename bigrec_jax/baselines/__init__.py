@@ -1,0 +1,5 @@
+"""Sequential baselines (SASRec, GRU4Rec, Caser, MostPop): trained on the LLM's rows, ranked
+all-rank with the project's metrics, and exported as per-row score matrices for CF injection.
+
+Entry point: `run.train_and_evaluate` (launch/train_baseline.py).
+"""

@@ -13,13 +13,14 @@ the run is complete):
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from bigrec_jax import files, parallel
+from bigrec_jax import files
 from bigrec_jax.baselines import data as data_lib
 from bigrec_jax.baselines import models, trainer
 from bigrec_jax.evaluate.metrics import DEFAULT_KS, ranking_metrics
@@ -50,12 +51,13 @@ def metrics_json(model: str, ranks: Mapping[str, np.ndarray], num_items: int,
 
 def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, workdir: str,
                        sample: int = -1, seed: int = 0,
-                       log: Callable[[str], None] = print) -> dict:
+                       log: Callable[[str], None] | None = None) -> dict:
   """Trains `model` on the prepared data (or its few-shot sample), exports scores, returns metrics.
 
   config: `max_len`, `train` (TrainSettings fields) and one section per model (its fields).
   Returns metrics.json's content.
   """
+  log = log or functools.partial(print, flush=True)  # progress shows up in piped logs too
   if model not in models.MODELS:
     raise UserError(f"--model={model}: choose one of {', '.join(models.MODELS)}")
   start = time.perf_counter()
@@ -73,7 +75,7 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
     hparams = dict(config.get(model, {}))
     module = models.build_model(model, data.num_items, data.max_len, hparams)
     settings = trainer.TrainSettings.from_mapping(dict(config["train"]), seed=seed)
-    mesh = parallel.make_mesh()
+    mesh = trainer.local_mesh()
     scorer = trainer.Scorer(module, mesh, settings.eval_batch_size)
     result = trainer.train(module, data, settings, os.path.join(workdir, "checkpoints"),
                            mesh=mesh, scorer=scorer, log=log)

@@ -65,6 +65,15 @@ class TrainResult:
   history: list[dict]  # one entry per epoch: loss, validation metrics, seconds
 
 
+def local_mesh():
+  """A data-parallel mesh over this process's devices.
+
+  The baselines are small: every process of a multi-host job trains its own identical copy
+  rather than joining collectives, so any one of them can run (or skip) this stage alone.
+  """
+  return parallel.make_mesh((-1, 1, 1), devices=jax.local_devices())
+
+
 def _rounded(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
@@ -135,7 +144,7 @@ def make_optimizer(settings: TrainSettings) -> optax.GradientTransformation:
 
 def init_params(model: nn.Module, max_len: int, seed: int = 0, mesh=None):
   """Fresh parameters, replicated over the mesh (jitted: eager init dispatches op by op)."""
-  mesh = mesh if mesh is not None else parallel.make_mesh()
+  mesh = mesh if mesh is not None else local_mesh()
   init = jax.jit(lambda rng, history: model.init(rng, history, train=False)["params"],
                  out_shardings=parallel.replicated(mesh))
   # XLA's RngBitGenerator: threefry initialisers take many times longer to compile on CPU.
@@ -155,7 +164,7 @@ def train(model: nn.Module, data: BaselineData, settings: TrainSettings, checkpo
           *, mesh=None, scorer: Scorer | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
   """Trains until validation NDCG@10 stops improving; returns the best (checkpointed) params."""
-  mesh = mesh if mesh is not None else parallel.make_mesh()
+  mesh = mesh if mesh is not None else local_mesh()
   batch_size = _rounded(settings.batch_size, parallel.data_parallel_size(mesh))
   # Dropout masks from XLA's RngBitGenerator: threefry bits cost more than the model on CPU.
   dropout_rng = jax.random.key(settings.seed + 1, impl="unsafe_rbg")
@@ -187,6 +196,9 @@ def train(model: nn.Module, data: BaselineData, settings: TrainSettings, checkpo
         losses.append(loss)
         step += 1
       loss = float(np.mean(jax.device_get(losses)))
+      if not np.isfinite(loss):  # NaN scores would tie every item and read as rank 0
+        raise UserError(f"training diverged: the loss is {loss} in epoch {epoch}; lower "
+                        f"config.train.learning_rate (now {settings.learning_rate})")
       _, ranks = scorer(params, data.valid, keep_scores=False)
       metrics = ranking_metrics(ranks, ks=(1, 10, 20))
       seconds = time.perf_counter() - t0
