@@ -25,6 +25,8 @@ def fail(message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
+    app.usage(shorthelp=True, exitcode=0)  # absl itself exits 1 after --help
   try:
     rest = flags.FLAGS(argv)
     if not flags.FLAGS["verbosity"].present:  # orbax/absl INFO lines drown the progress output
