@@ -1,0 +1,97 @@
+"""Checkpoints: round trip, last-k + best retention, corrupt latest -> previous with a warning."""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigrec_jax import parallel
+from bigrec_jax.model import LoraConfig
+from bigrec_jax.train import checkpoint as ckpt_lib
+from bigrec_jax.train import optimizer as opt_lib
+from bigrec_jax.train import step as step_lib
+from train_tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = tiny_model()
+  lc = LoraConfig()
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  opt, _ = opt_lib.make_optimizer(1e-3, 10)
+  state = step_lib.init_state(model.config, lc, opt, 0, mesh)
+  shardings = step_lib.state_shardings(model.config, lc, opt, mesh)
+  lora_sh = step_lib.lora_shardings(model.config, lc, mesh)
+  return state, shardings, lora_sh
+
+
+def _at_step(state, k):
+  """A distinct state per step (LoRA shifted by k)."""
+  lora = jax.tree.map(lambda x: x + k, state.lora)
+  return state.replace(step=jnp.asarray(k, jnp.int32), lora=lora)
+
+
+def _restore(ckpts, setup):
+  state, shardings, lora_sh = setup
+  shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
+  return ckpts.restore_latest(shapes(state), shardings, shapes(state.lora), lora_sh)
+
+
+def test_round_trip_and_retention_of_last_k_plus_best(setup, tmp_path):
+  state = setup[0]
+  ckpts = ckpt_lib.Checkpoints(str(tmp_path / "ckpt"), keep=2)
+  losses = {2: 1.0, 4: 3.0}
+  for k in range(1, 6):
+    s = _at_step(state, k)
+    ckpts.save(s, s.lora, {"epoch": k, "history": [k]}, val_loss=losses.get(k))
+  ckpts.wait()
+  assert ckpts.all_steps() == [2, 4, 5]  # latest two + best validation loss (step 2)
+  restored, best, meta = _restore(ckpts, setup)
+  ckpts.close()
+  assert int(restored.step) == 5 and meta["epoch"] == 5 and meta["history"] == [5]
+  want = jax.device_get(_at_step(state, 5))
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(want.lora), jax.tree.leaves(jax.device_get(best))):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["truncate_arrays", "wrong_fingerprint"])
+def test_corrupt_latest_falls_back_to_previous_with_a_warning(setup, tmp_path, caplog, damage):
+  state = setup[0]
+  directory = tmp_path / "ckpt"
+  ckpts = ckpt_lib.Checkpoints(str(directory), keep=3)
+  for k in (1, 2):
+    s = _at_step(state, k)
+    ckpts.save(s, s.lora, {"epoch": 0})
+  ckpts.close()
+  if damage == "truncate_arrays":
+    data = [p for p in glob.glob(str(directory / "2" / "state" / "**"), recursive=True)
+            if os.path.isfile(p) and os.path.getsize(p) > 0]
+    assert data
+    for p in data:
+      with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) // 3)
+  else:  # a checkpoint whose arrays do not match what was saved (bit rot, partial copy)
+    meta_file = directory / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["fingerprint"] = (meta["fingerprint"] + 1) % 2**32
+    meta_file.write_text(json.dumps(meta))
+  ckpts = ckpt_lib.Checkpoints(str(directory), keep=3)
+  with caplog.at_level(logging.WARNING):
+    restored, _, _ = _restore(ckpts, setup)
+  assert int(restored.step) == 1
+  assert any("step 2" in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+  assert ckpts.all_steps() == [1]
+  assert os.listdir(str(directory) + "_corrupt")
+  # Training goes on and can save step 2 again.
+  s = _at_step(state, 2)
+  ckpts.save(s, s.lora, {"epoch": 0})
+  ckpts.close()
+  assert ckpts.all_steps() == [1, 2]
