@@ -29,12 +29,37 @@ def _parse_flags(argv: list[str]) -> list[str]:
     app.usage(shorthelp=True, exitcode=0)  # absl itself exits 1 after --help
   try:
     rest = flags.FLAGS(argv)
+    for name in list(flags.FLAGS):  # config files load lazily: surface their errors now
+      flag = flags.FLAGS[name]
+      if type(flag).__name__ == "_ConfigFlag" and flag.value is not None:
+        flag.value.keys()
     if not flags.FLAGS["verbosity"].present:  # orbax/absl INFO lines drown the progress output
       logging.set_verbosity(logging.WARNING)
     return rest
-  except (flags.Error, UserError, ValueError, FileNotFoundError, KeyError) as e:
+  except (flags.Error, UserError, ValueError, OSError, KeyError, AttributeError, TypeError) as e:
     prog = os.path.basename(argv[0]) if argv else "launcher"
     fail(f"{prog}: {e} (run with --help to see every flag)")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def define_config_file(name: str = "config", default: str = "configs/default.py",
+                       help_text: str = "Config file (configs/*.py); override any field with "
+                       "--config.<section>.<field>=value."):
+  """`config_flags.DEFINE_config_file` with a repo-relative default and exit-2 errors.
+
+  ml_collections parses `--config.x=...` overrides while the flag is being defined, so a typo in
+  a field name would otherwise end in a traceback before `run` starts.
+  """
+  from ml_collections import config_flags
+
+  if not os.path.isabs(default):
+    default = os.path.join(ROOT, default)
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_text)
+  except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    fail(f"--{name}: {e} (see the config file for every field)")
 
 
 def run(main: Callable[[list[str]], None]) -> None:

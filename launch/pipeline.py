@@ -13,13 +13,12 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import flags
-from ml_collections import config_flags
 
 from bigrec_jax import cli, parallel
 from bigrec_jax.files import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py",
-                                          "Pipeline config file (configs/*.py).")
+_CONFIG = cli.define_config_file("config", "configs/demo.py",
+                                 "Pipeline config file (configs/*.py); every field: --config.a.b=...")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (resumable).")
 _FORCE = flags.DEFINE_multi_string("force_stage", [], "Redo a stage even if it is complete "
                                    "(prepare, train, generate, baselines, evaluate, report, all).")

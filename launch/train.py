@@ -20,14 +20,13 @@ _REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, _REPO)
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from bigrec_jax import cli, parallel  # noqa: E402
 from bigrec_jax.files import UserError  # noqa: E402
 from bigrec_jax.train import loop  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
-                                          "Run configuration (every field: --config.a.b=...).")
+_CONFIG = cli.define_config_file("config", "configs/default.py",
+                                 "Run configuration (every field: --config.a.b=...).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the adapter go here.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: coordinator host:port.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")

@@ -14,16 +14,13 @@ from __future__ import annotations
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from bigrec_jax import cli
 from bigrec_jax.baselines import models, run
 from bigrec_jax.files import UserError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                           "baselines.py"),
-    "Hyperparameters (configs/baselines.py); override fields with --config.train.max_epochs=5.")
+_CONFIG = cli.define_config_file("config", "configs/baselines.py",
+                                 "Hyperparameters (configs/baselines.py); override fields with --config.train.max_epochs=5.")
 _MODEL = flags.DEFINE_enum("model", "sasrec", list(models.MODELS), "Which baseline to run.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared-data directory "
                                 "(launch/prepare_data.py --out_dir).")
