@@ -57,7 +57,10 @@ def define_config_file(name: str = "config", default: str = "configs/default.py"
   if not os.path.isabs(default):
     default = os.path.join(ROOT, default)
   try:
-    return config_flags.DEFINE_config_file(name, default, help_text)
+    holder = config_flags.DEFINE_config_file(name, default, help_text)
+    # List it under the launcher in --help (it is defined from this module).
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
+    return holder
   except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
     fail(f"--{name}: {e} (see the config file for every field)")
 
