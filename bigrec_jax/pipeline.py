@@ -106,6 +106,7 @@ def prepare_stage(config, paths: Paths) -> dict:
   d = config.data
   options = prepare_lib.PrepareOptions(
       history_len=d.history_len, eval_sample_size=d.valid_test_size,
+      valid_sample_size=d.get("valid_size", 0) or None,
       few_shot_sample=d.sample, few_shot_seed=config.seed)
   stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
                               options)

@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.items_file = ""  # raw item/metadata file
   c.data.history_len = 10
   c.data.valid_test_size = 5000  # rows sampled (seed 42) from the valid/test splits
+  c.data.valid_size = 0  # if > 0, the valid sample's size instead (it only tunes gamma)
   c.data.dir = ""  # prepared directory for launch/train.py (the pipeline sets it)
   c.data.extra_train_dirs = ()  # other prepared domains whose training rows are added (multi-domain)
   c.data.sample = 1024  # few-shot: first N training rows after a seeded shuffle; -1 = all

@@ -88,6 +88,7 @@ class PrepareOptions:
   train_fraction: float = 0.8
   valid_fraction: float = 0.1
   eval_sample_size: int = 5000
+  valid_sample_size: int | None = None  # None: eval_sample_size (a smaller valid set tunes gamma)
   eval_sample_seed: int = 42
   few_shot_sample: int = -1
   few_shot_seed: int = 0
@@ -180,8 +181,11 @@ def build(dataset: str, interactions_path: str | None = None, items_path: str | 
   rows = {name: [sequences.make_row(e, log.titles, domain) for e in part]
           for name, part in parts.items()}
   for name, file in EVAL_SAMPLE_FILES.items():
-    rows[file.removesuffix(".json")] = sequences.sample_rows(
-        rows[name], options.eval_sample_size, options.eval_sample_seed)
+    size = options.eval_sample_size
+    if name == "valid" and options.valid_sample_size:
+      size = options.valid_sample_size
+    rows[file.removesuffix(".json")] = sequences.sample_rows(rows[name], size,
+                                                             options.eval_sample_seed)
   if options.few_shot_sample != -1:
     rows[few_shot_file(options.few_shot_sample, options.few_shot_seed).removesuffix(".json")] = (
         sequences.few_shot(rows["train"], options.few_shot_sample, options.few_shot_seed))
