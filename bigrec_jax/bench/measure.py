@@ -3,6 +3,8 @@
 `timed(fn, sync)` runs one warm-up call (compilation, caches, allocator growth), then repeats
 until `repeats` timed calls or `budget_s` seconds have been spent (at least one), and reports the
 median. `sync` forces completion (block_until_ready / cuda.synchronize) inside the timed region.
+`cpu_s` is the median process CPU time (all threads) of the timed runs: on a CPU shared with other
+work it is steadier than wall time, and cpu_s ratios show the work each side really does.
 Peak host memory is the process's VmHWM, reset before each case through /proc/self/clear_refs.
 """
 from __future__ import annotations
@@ -22,14 +24,16 @@ def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], *, repeats: int = 3
     sync(fn())
   warm = time.perf_counter() - t0
   times: list[float] = []
+  cpu: list[float] = []
   spent = 0.0
   while len(times) < repeats and (not times or spent + times[-1] <= budget_s):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out = sync(fn())
     times.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
     spent += times[-1]
   return {"median_s": statistics.median(times), "times_s": times, "warmup_s": warm,
-          "last_output": out}
+          "cpu_s": statistics.median(cpu), "last_output": out}
 
 
 def reset_peak_rss() -> bool:

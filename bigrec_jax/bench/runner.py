@@ -188,6 +188,8 @@ def _assemble(o, model, cases, results, side_info, isolate, load_before, started
       b = (t.get("metrics") or {}).get(m)
       ratio[m] = (a / b) if a and b else None
     entry["ratio_jax_over_torch"] = ratio
+    if j.get("cpu_s") and t.get("cpu_s"):  # process CPU seconds per call, torch over jax
+      entry["cpu_time_ratio_torch_over_jax"] = t["cpu_s"] / j["cpu_s"]
     if o.flops and config:
       entry["flops"] = _flops_entry(c, config, entry, side_info, o.sides)
     tasks.setdefault(c.task, []).append(entry)

@@ -200,13 +200,15 @@ class TorchSide:
           f"{p['items']} float32 distances and two int64 argsorts) but the "
           f"{'GPU' if self.gpu else 'host'} has {have / 2**30:.1f} GiB available")}
     queries, items, targets = workloads.ground_arrays(p)
-    q = torch.from_numpy(queries).to(self.device)
     e = torch.from_numpy(items).to(self.device)
-    t = torch.from_numpy(targets.astype(np.int64)).to(self.device)
     del items
     k = p["k"]
 
     def run():
+      # Host queries/targets in, host top-K and ranks out, as bigrec_jax's ground() takes them;
+      # the catalog table is placed once beforehand on both sides.
+      q = torch.from_numpy(queries).to(self.device)
+      t = torch.from_numpy(targets.astype(np.int64)).to(self.device)
       # The original evaluate.py: cdist, then argsort().argsort() gives every item's rank.
       dist = torch.cdist(q, e, p=2)
       order = dist.argsort(dim=-1)

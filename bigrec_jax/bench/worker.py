@@ -51,7 +51,7 @@ def run_job(side_name: str, job: dict[str, Any], out_path: str) -> None:
         rec.update(status="skipped", reason=extra.pop("skipped"), extra=extra)
       else:
         rec.update(status="ok", median_s=r["median_s"], times_s=r["times_s"],
-                   warmup_s=r["warmup_s"], metrics=metrics, extra=extra)
+                   warmup_s=r["warmup_s"], cpu_s=r["cpu_s"], metrics=metrics, extra=extra)
     except Exception as e:  # recorded, so the other cases and the other side still report
       rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:2000],
                  traceback=traceback.format_exc()[-4000:])
