@@ -26,7 +26,7 @@ def fail(message: str) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
-    app.usage(shorthelp=True, exitcode=0)  # absl itself exits 1 after --help
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl itself exits 1
   try:
     rest = flags.FLAGS(argv)
     for name in list(flags.FLAGS):  # config files load lazily: surface their errors now

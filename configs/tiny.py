@@ -17,6 +17,7 @@ def get_config():
   c = demo.get_config()
   c.data.sample = 16
   c.data.valid_test_size = 16
+  c.data.valid_size = 16
   c.data.cutoff_len = 256
   c.train.batch_size = 8
   c.train.micro_batch_size = 4
