@@ -129,10 +129,12 @@ def process_share(n: int, process_index: int | None = None, process_count: int |
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 1,
-                                 process_id: int = 0, timeout_s: int = 300) -> None:
+                                 process_id: int = 0, timeout_s: int = 300,
+                                 heartbeat_timeout_s: int | None = None) -> None:
   """Starts jax.distributed when flags ask for it, or when a TPU pod / SLURM job is detected.
 
-  The heartbeat timeout bounds how long survivors wait when a peer dies.
+  The heartbeat timeout (default 60 s, or $BIGREC_HEARTBEAT_TIMEOUT_S) bounds how long the
+  survivors wait when a peer dies: they fail with an error instead of hanging forever.
   """
   if jax.distributed.is_initialized():
     return
@@ -143,18 +145,13 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   elif not (os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("SLURM_JOB_ID")
             or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS")):
     return  # single process
+  if heartbeat_timeout_s is None:
+    heartbeat_timeout_s = int(os.environ.get("BIGREC_HEARTBEAT_TIMEOUT_S", "60"))
   # Only the CPU client reads this option, so it is safe everywhere; asking jax.default_backend()
   # here would initialise the backends, which distributed.initialize forbids.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=60,
-                             **kwargs) if _accepts_heartbeat() else jax.distributed.initialize(
-                                 initialization_timeout=timeout_s, **kwargs)
-
-
-def _accepts_heartbeat() -> bool:
-  import inspect
-
-  return "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters
+  jax.distributed.initialize(initialization_timeout=timeout_s,
+                             heartbeat_timeout_seconds=heartbeat_timeout_s, **kwargs)
 
 
 def is_main_process() -> bool:
