@@ -24,7 +24,7 @@ def get_config():
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 5
   c.train.batch_size = 16
-  c.train.micro_batch_size = 8
+  c.train.micro_batch_size = 16
   c.train.num_epochs = 1
   c.train.early_stopping_patience = 1
   c.generate.max_new_tokens = 24  # the longest ML-100K title is ~20 tokens with quotes + EOS
