@@ -65,6 +65,26 @@ def define_config_file(name: str = "config", default: str = "configs/default.py"
     fail(f"--{name}: {e} (see the config file for every field)")
 
 
+def define_multihost_flags() -> Callable[[], None]:
+  """--coordinator_address/--num_processes/--process_id; returns the function that applies them.
+
+  Cloud TPU slices and SLURM jobs are detected without the flags (parallel.py).
+  """
+  coordinator = flags.DEFINE_string("coordinator_address", "",
+                                    "Multi-host: host:port of process 0 (the coordinator).")
+  count = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+  index = flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+  for holder in (coordinator, count, index):
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[holder.name])
+
+  def initialize() -> None:
+    from bigrec_jax import parallel
+
+    parallel.maybe_initialize_distributed(coordinator.value, count.value, index.value)
+
+  return initialize
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   def guarded(argv):
     try:

@@ -43,9 +43,7 @@ _TRUNCATE = flags.DEFINE_boolean("truncate_long_prompts", False, "Drop the oldes
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _MESH = flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "Mesh (data, fsdp, tensor).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar over batches.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: coordinator host:port.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+_INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
 def main(argv: list[str]) -> None:
@@ -58,7 +56,7 @@ def main(argv: list[str]) -> None:
     mesh_shape = [int(x) for x in _MESH.value]
   except ValueError:
     raise UserError(f"--mesh_shape: expected integers, got {_MESH.value}") from None
-  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _INIT_DISTRIBUTED()
   options = GenerateOptions(
       num_beams=_NUM_BEAMS.value,
       num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value,

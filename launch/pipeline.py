@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from absl import flags
 
-from bigrec_jax import cli, parallel
+from bigrec_jax import cli
 from bigrec_jax.files import UserError
 
 _CONFIG = cli.define_config_file("config", "configs/demo.py",
@@ -23,9 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (re
 _FORCE = flags.DEFINE_multi_string("force_stage", [], "Redo a stage even if it is complete "
                                    "(prepare, train, generate, baselines, evaluate, report, all).")
 _STAGES = flags.DEFINE_list("stages", [], "Run only these stages (default: all).")
-_COORD = flags.DEFINE_string("coordinator_address", "", "Multi-host: host:port of process 0.")
-_NPROC = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
-_PID = flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+_INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
 def main(argv):
@@ -41,7 +39,7 @@ def main(argv):
   if _STAGES.value:
     config.pipeline.stages = tuple(_STAGES.value)
   pipeline.check_config(config)
-  parallel.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+  _INIT_DISTRIBUTED()
   pipeline.run_seeds(config, _WORKDIR.value)
 
 
