@@ -87,7 +87,7 @@ class Llama(nn.Module):
 
     block = DecoderBlock
     if cfg.remat:
-      block = nn.remat(block, prevent_cse=False, static_argnums=(7,),
+      block = nn.remat(block, prevent_cse=False, static_argnums=(8,),
                        policy=jax.checkpoint_policies.nothing_saveable)
     layers = nn.scan(
         block, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True, "dropout": True},

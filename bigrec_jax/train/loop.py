@@ -283,8 +283,9 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
                     pad_id=pad_id)
   valid_batches = None
   if valid_data is not None and len(valid_data):
+    # Sorted by length (the order does not change a sum): less padding, fewer shapes.
     valid_batches = Batches(valid_data, t.eval_batch_size * dp, shuffle=False,
-                            group_by_length=False, bucket_multiple=config.data.bucket_multiple,
+                            group_by_length=True, bucket_multiple=config.data.bucket_multiple,
                             drop_remainder=False, pad_id=pad_id)
   per_epoch = batches.steps_per_epoch
   total = t.max_steps if t.max_steps > 0 else t.num_epochs * per_epoch
@@ -317,6 +318,11 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   else:
     state, best_lora, meta = restored
     del fresh
+    planned = (meta.get("steps_per_epoch"), meta.get("total_steps"))
+    if planned != (per_epoch, total):
+      logging.warning("resuming a run planned as %s steps per epoch / %s steps with %s / %s: "
+                      "the data order and learning-rate schedule change from here on",
+                      *planned, per_epoch, total)
   step = int(jax.device_get(state.step))
   if parallel.is_main_process():
     files.write_json(os.path.join(workdir, "config.json"), config.to_dict())

@@ -176,3 +176,17 @@ def test_real_smollm2_loss_drops_in_a_few_steps(smollm2, bigrec_prompts, mesh):
                             steps=5, lr=2e-3)
   assert all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_remat_model_trains_to_the_same_lora(tiny, mesh):
+  """config.model.remat (recompute each block in the backward pass) changes memory, not results."""
+  import dataclasses
+
+  lc = LoraConfig(dropout=0.1)
+  b = {k: v[:, None, :] for k, v in _batch(n=2).items()}
+  plain, loss_plain = _trained_lora(tiny, lc, b, mesh)
+  remat = dataclasses.replace(tiny, config=tiny.config.replace(remat=True))
+  again, loss_remat = _trained_lora(remat, lc, b, mesh)
+  np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-5)
+  for a, c in zip(jax.tree.leaves(plain), jax.tree.leaves(again)):
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)
