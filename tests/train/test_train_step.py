@@ -24,6 +24,19 @@ def mesh():
   return parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
 
+NO_DROPOUT = LoraConfig(dropout=0.0)
+_STEPS = {}
+
+
+def _step_fn(model, lc, mesh, lr):
+  """One jitted step per (model config, LoRA config, lr): tests share compilations."""
+  key = (model.config, lc, lr)
+  if key not in _STEPS:
+    opt, _ = opt_lib.make_optimizer(lr, 10, warmup_steps=0)
+    _STEPS[key] = (opt, step_lib.make_train_step(model.config, lc, opt, mesh))
+  return _STEPS[key]
+
+
 def _batch(n=4, length=32, seed=0, prompt_len=5):
   data = token_set(n, seed=seed, max_len=length, prompt_len=prompt_len)
   return pad_examples(data, range(n), length)
@@ -31,8 +44,7 @@ def _batch(n=4, length=32, seed=0, prompt_len=5):
 
 def _trained_lora(model, lc, batch_rows_accum, mesh, steps=2, lr=1e-2):
   """LoRA after `steps` updates on the same [rows, accum, T] batch, and the losses."""
-  opt, _ = opt_lib.make_optimizer(lr, 10, warmup_steps=0)
-  step = step_lib.make_train_step(model.config, lc, opt, mesh)
+  opt, step = _step_fn(model, lc, mesh, lr)
   state = step_lib.init_state(model.config, lc, opt, 0, mesh)
   params = jax.device_put(model.params, step_lib.param_shardings(model.config, mesh))
   batch = parallel.global_batch_from_local(batch_rows_accum, mesh)
@@ -49,9 +61,10 @@ def _nonzero_lora(model, lc, seed=1):
                       lora)
 
 
-def test_loss_is_mean_token_ce_over_label_positions(tiny):
-  """token_ce_sum equals a direct log-softmax computation (labels shifted by one, -100 ignored)."""
-  lc = LoraConfig(dropout=0.0)
+def test_loss_is_mean_token_ce_and_fused_ce_matches_plain_logits(tiny):
+  """token_ce_sum equals a direct log-softmax sum (labels shifted by one, -100 ignored), and the
+  fused chunked CE has the same value and LoRA gradient as autodiff through full logits."""
+  lc = NO_DROPOUT
   lora = _nonzero_lora(tiny, lc)
   b = _batch()
   logits, _ = jax.jit(lambda p, l: forward(tiny.config, p, b["input_ids"], b["attention_mask"],
@@ -64,30 +77,20 @@ def test_loss_is_mean_token_ce_over_label_positions(tiny):
       if target != -100:
         total -= logp[r, t, target]
         count += 1
-  for chunk in (0, 16, 1024):
-    ce, n = jax.jit(lambda p, l, c=chunk: step_lib.token_ce_sum(
-        tiny.config, p, l, lc, b["input_ids"], b["attention_mask"], b["labels"],
-        loss_chunk_tokens=c))(tiny.params, lora)
-    assert int(n) == count
-    np.testing.assert_allclose(float(ce), total, rtol=1e-5)
-
-
-def test_fused_ce_gradient_matches_autodiff_of_plain_logits(tiny):
-  lc = LoraConfig(dropout=0.0)
-  lora = _nonzero_lora(tiny, lc)
-  b = _batch()
 
   def loss(lora, chunk):
     ce, n = step_lib.token_ce_sum(tiny.config, tiny.params, lora, lc, b["input_ids"],
                                   b["attention_mask"], b["labels"], loss_chunk_tokens=chunk)
-    return ce / n
+    return ce / n, (ce, n)
 
-  grad = jax.jit(jax.grad(loss), static_argnums=1)
-  plain = grad(lora, 0)
-  for chunk in (8, 1024):
-    fused = grad(lora, chunk)
-    for p, f in zip(jax.tree.leaves(plain), jax.tree.leaves(fused)):
-      np.testing.assert_allclose(np.asarray(f), np.asarray(p), rtol=1e-4, atol=1e-7)
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, (ce_plain, n)), plain = value_and_grad(lora, 0)
+  assert int(n) == count
+  np.testing.assert_allclose(float(ce_plain), total, rtol=1e-5)
+  (_, (ce_fused, _)), fused = value_and_grad(lora, 16)  # 8 positions x 4 rows per chunk
+  np.testing.assert_allclose(float(ce_fused), total, rtol=1e-5)
+  for p, f in zip(jax.tree.leaves(plain), jax.tree.leaves(fused)):
+    np.testing.assert_allclose(np.asarray(f), np.asarray(p), rtol=1e-4, atol=1e-7)
 
 
 def test_fused_ce_untied_output_head():
@@ -103,12 +106,11 @@ def test_fused_ce_untied_output_head():
 
 
 def test_accumulating_4x1_equals_one_batch_of_4(tiny, mesh):
-  lc = LoraConfig(dropout=0.0)
   b = _batch(n=4)
   as_one = {k: v[:, None, :] for k, v in b.items()}  # [4 rows, 1 micro-batch, T]
   as_four = {k: v[None, :, :] for k, v in b.items()}  # [1 row, 4 micro-batches, T]
-  lora1, loss1 = _trained_lora(tiny, lc, as_one, mesh)
-  lora4, loss4 = _trained_lora(tiny, lc, as_four, mesh)
+  lora1, loss1 = _trained_lora(tiny, NO_DROPOUT, as_one, mesh)
+  lora4, loss4 = _trained_lora(tiny, NO_DROPOUT, as_four, mesh)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   for a, c in zip(jax.tree.leaves(lora1), jax.tree.leaves(lora4)):
     # Adam moves every entry by ~lr per step; 1e-5 is 0.1% of one step.
@@ -135,13 +137,12 @@ def test_optimizer_state_holds_only_lora_entries(smollm2, mesh):
 
 
 def test_non_finite_loss_leaves_state_unchanged(tiny, mesh):
-  lc = LoraConfig(dropout=0.0)
+  lc = NO_DROPOUT
   params = jax.tree.map(lambda x: x, tiny.params)
   params["embed"] = params["embed"].at[7].set(jnp.nan)
-  b = _batch(n=2)
+  b = _batch(n=4)
   b["input_ids"][0, -3] = 7
-  opt, _ = opt_lib.make_optimizer(1e-2, 10, warmup_steps=0)
-  step = step_lib.make_train_step(tiny.config, lc, opt, mesh)
+  opt, step = _step_fn(tiny, lc, mesh, 1e-2)
   state = step_lib.init_state(tiny.config, lc, opt, 0, mesh)
   before = jax.device_get(state.lora)
   batch = parallel.global_batch_from_local({k: v[:, None] for k, v in b.items()}, mesh)
@@ -182,11 +183,10 @@ def test_remat_model_trains_to_the_same_lora(tiny, mesh):
   """config.model.remat (recompute each block in the backward pass) changes memory, not results."""
   import dataclasses
 
-  lc = LoraConfig(dropout=0.1)
-  b = {k: v[:, None, :] for k, v in _batch(n=2).items()}
-  plain, loss_plain = _trained_lora(tiny, lc, b, mesh)
+  b = {k: v[:, None, :] for k, v in _batch(n=4).items()}
+  plain, loss_plain = _trained_lora(tiny, NO_DROPOUT, b, mesh)
   remat = dataclasses.replace(tiny, config=tiny.config.replace(remat=True))
-  again, loss_remat = _trained_lora(remat, lc, b, mesh)
+  again, loss_remat = _trained_lora(remat, NO_DROPOUT, b, mesh)
   np.testing.assert_allclose(loss_remat, loss_plain, rtol=1e-5)
   for a, c in zip(jax.tree.leaves(plain), jax.tree.leaves(again)):
     np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)
