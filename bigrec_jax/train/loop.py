@@ -371,6 +371,8 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
           save()
           break
 
+        if stop.agreed():  # checked before every step: SIGTERM costs at most one step
+          raise _preempt(save, step, checkpoints, "")
         started = time.perf_counter()
         local = _local_train_batch(batches.local_batch(step), accum)
         batch = parallel.global_batch_from_local(local, mesh)
@@ -381,11 +383,13 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
         if not m["ok"]:
           checkpoints.wait()
           last = checkpoints.latest_step()
+          last = (f"the last good checkpoint is step {last} in {ckpt_dir}" if last is not None
+                  else "no checkpoint had been written yet")
           raise TrainingDiverged(
               f"training stopped at step {step + 1} (epoch {step // per_epoch + 1}): the "
               f"{'loss' if not math.isfinite(float(m['loss'])) else 'gradient'} is not finite "
               f"(loss {float(m['loss'])}, grad norm {float(m['grad_norm'])}). The update was not "
-              f"applied; the last good checkpoint is step {last} in {ckpt_dir}. Lower "
+              f"applied; {last}. Lower "
               "--config.train.learning_rate or set --config.train.max_grad_norm.")
         step += 1
         tokens_per_s = float(m["tokens"]) / max(seconds, 1e-9)
@@ -395,8 +399,6 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
                               "train/grad_norm": float(m["grad_norm"]),
                               "train/tokens_per_s": tokens_per_s,
                               "train/epoch": step / per_epoch})
-        if stop.agreed():
-          raise _preempt(save, step, checkpoints, "")
         eval_next = valid_batches is not None and (step % eval_period == 0 or step == total)
         if (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
             and not eval_next):

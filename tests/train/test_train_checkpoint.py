@@ -95,3 +95,24 @@ def test_corrupt_latest_falls_back_to_previous_with_a_warning(setup, tmp_path, c
   ckpts.save(s, s.lora, {"epoch": 0})
   ckpts.close()
   assert ckpts.all_steps() == [1, 2]
+
+
+def test_half_written_checkpoint_of_a_killed_save_is_ignored(setup, tmp_path):
+  """A save killed before orbax's final rename leaves only a temporary directory behind."""
+  import shutil
+
+  state = setup[0]
+  directory = tmp_path / "ckpt"
+  ckpts = ckpt_lib.Checkpoints(str(directory), keep=3)
+  s = _at_step(state, 1)
+  ckpts.save(s, s.lora, {"epoch": 0})
+  ckpts.close()
+  partial = directory / "2.orbax-checkpoint-tmp-1234"
+  shutil.copytree(directory / "1", partial)
+  for p in glob.glob(str(partial / "state" / "**"), recursive=True):
+    if os.path.isfile(p):
+      os.truncate(p, 0)
+  ckpts = ckpt_lib.Checkpoints(str(directory), keep=3)
+  restored, _, _ = _restore(ckpts, setup)
+  assert int(restored.step) == 1 and ckpts.all_steps() == [1]
+  ckpts.close()

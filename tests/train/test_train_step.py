@@ -48,10 +48,12 @@ def _trained_lora(model, lc, batch_rows_accum, mesh, steps=2, lr=1e-2):
   state = step_lib.init_state(model.config, lc, opt, 0, mesh)
   params = jax.device_put(model.params, step_lib.param_shardings(model.config, mesh))
   batch = parallel.global_batch_from_local(batch_rows_accum, mesh)
-  losses = []
+  losses, compiled = [], []
   for _ in range(steps):
     state, m = step(state, params, batch)
     losses.append(float(m["loss"]))
+    compiled.append(step._cache_size())
+  assert len(set(compiled)) == 1, "a later step of the same shape recompiled"
   return jax.device_get(state.lora), losses
 
 
