@@ -264,7 +264,10 @@ def write_report(config, paths: Paths) -> str:
   train = _maybe_json(os.path.join(paths.train, "train_summary.json")) or _maybe_json(
       paths.marker("train"))
   if train:
-    lines += ["", "## Training", "", "```", _json_block(train), "```"]
+    lines += ["", "## Training", ""]
+    if plot_training_curve(paths):
+      lines += ["![training curve](train_curve.png)", ""]
+    lines += ["```", _json_block(train), "```"]
   lines += ["", "## Example recommendations (test)", ""]
   lines += _examples(paths)
   lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
@@ -276,6 +279,55 @@ def write_report(config, paths: Paths) -> str:
   text = "\n".join(lines)
   files.atomic_write(paths.report, text)
   return paths.report
+
+
+def read_scalars(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} from the TensorBoard event files the trainer wrote (no TF needed)."""
+  import glob
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  out: dict[str, dict[int, float]] = {}
+  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+    data = open(path, "rb").read()
+    i = 0
+    while i + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack("<Q", data[i:i + 8])
+      payload = data[i + 12:i + 12 + length]
+      i += 12 + length + 4
+      if len(payload) < length:
+        break  # a record cut short by a crash
+      event = event_pb2.Event()
+      event.ParseFromString(payload)
+      for v in event.summary.value:
+        out.setdefault(v.tag, {})[int(event.step)] = float(v.simple_value)  # resumes overwrite
+  return {tag: sorted(points.items()) for tag, points in out.items()}
+
+
+def plot_training_curve(paths: Paths) -> bool:
+  """train_curve.png: training loss per step and validation loss per evaluation."""
+  scalars = read_scalars(os.path.join(paths.train, "tb"))
+  if "train/loss" not in scalars:
+    return False
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for tag, style in (("train/loss", "-"), ("eval/loss", "o-")):
+    if tag in scalars:
+      steps, values = zip(*scalars[tag])
+      ax.plot(steps, values, style, label=tag)
+  ax.set_xlabel("optimizer step")
+  ax.set_ylabel("token cross-entropy")
+  ax.legend()
+  fig.tight_layout()
+  with files.atomic_path(os.path.join(paths.workdir, "train_curve.png")) as tmp:
+    fig.savefig(tmp, format="png", dpi=100)
+  plt.close(fig)
+  return True
 
 
 def _examples(paths: Paths, n: int = 5) -> list[str]:

@@ -35,6 +35,8 @@ def test_tiny_pipeline_writes_a_complete_report(tiny_run):
     assert method in report, method
   assert "## Example recommendations" in report and "grounded:" in report
   assert "## Wall time per stage" in report
+  assert "![training curve](train_curve.png)" in report
+  assert os.path.getsize(os.path.join(workdir, "train_curve.png")) > 1000
   metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
   assert metrics["counts"]["test"]["rows"] == 16
   preds = json.load(open(os.path.join(workdir, "predictions", "test.json")))
@@ -129,3 +131,18 @@ def test_same_config_and_seed_reproduce_bit_identical_outputs(tiny_run, tmp_path
     return m
 
   assert metrics(first) == metrics(second)
+
+
+def test_multi_seed_report_gives_mean_and_spread(tiny_run, tmp_path):
+  import shutil
+
+  from bigrec_jax import pipeline
+
+  first, _ = tiny_run
+  for seed in (0, 1):
+    shutil.copytree(first, tmp_path / f"seed_{seed}")
+  path = pipeline.write_seed_report(str(tmp_path), [0, 1])
+  text = open(path).read()
+  assert "seeds [0, 1]" in text and "| bigrec+pop |" in text and "± 0.0000" in text
+  summary = json.load(open(tmp_path / "seeds_summary.json"))
+  assert summary["sasrec"]["NDCG@10"]["std"] == 0.0
