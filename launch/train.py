@@ -21,16 +21,14 @@ sys.path.insert(0, _REPO)
 
 from absl import flags  # noqa: E402
 
-from bigrec_jax import cli, parallel  # noqa: E402
+from bigrec_jax import cli  # noqa: E402
 from bigrec_jax.files import UserError  # noqa: E402
 from bigrec_jax.train import loop  # noqa: E402
 
 _CONFIG = cli.define_config_file("config", "configs/default.py",
                                  "Run configuration (every field: --config.a.b=...).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the adapter go here.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-host: coordinator host:port.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
+_INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
 def main(argv: list[str]) -> None:
@@ -40,8 +38,7 @@ def main(argv: list[str]) -> None:
     raise UserError("--workdir is required")
   config = _CONFIG.value
   loop.validate_config(config, check_devices=False)
-  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value)
+  _INIT_DISTRIBUTED()
   loop.train(config, _WORKDIR.value)
 
 
