@@ -3,7 +3,10 @@
 Conventions (stated in bench.json): attention is counted as computed, the full T x T score and
 value products per sequence (both sides mask rather than skip); the frozen base gets no weight
 gradients, so a LoRA training step is forward + input-gradient backward (2x the linear layers,
-3x attention) plus the adapters' forward and both backward products.
+3x attention) plus the adapters' forward and both backward products. Embedding counts the
+real (unpadded) title tokens through the decoder blocks (no output head; titles are short, so
+attention is left out). Grounding counts the distance matmul 2*Q*N*D (float32, though the
+matmul peak is measured in the compute dtype: bfloat16 on GPU).
 """
 from __future__ import annotations
 
@@ -63,8 +66,8 @@ def case_flops(task: str, p: dict[str, Any], c: dict[str, Any], extra: dict[str,
     steps = sum(b * k * (linear_per_token(c) + head_per_token(c)) + b * k * attention(c, 1, tp + i)
                 for i in range(1, n))
     return prefill + steps
-  if task == "embed":
-    tokens = extra.get("padded_tokens")
+  if task == "embed":  # real (unpadded) tokens: the same useful work for both sides
+    tokens = extra.get("tokens", extra.get("padded_tokens"))
     return None if tokens is None else tokens * linear_per_token(c)
   if task == "ground":
     return 2 * p["queries"] * p["items"] * p["dim"]

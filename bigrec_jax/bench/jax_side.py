@@ -110,6 +110,7 @@ class JaxSide:
     extra = {"impl": impl, "dim": int(emb.shape[1])}
     if hasattr(run, "padded_tokens"):
       extra["padded_tokens"] = int(run.padded_tokens[0])
+      extra["tokens"] = int(run.tokens[0])
     return r, {"texts_per_s": len(inputs["titles"]) / r["median_s"]}, extra
 
   def _ground(self, p, inputs, repeats, budget_s):

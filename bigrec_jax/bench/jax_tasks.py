@@ -86,6 +86,7 @@ def embed_texts(model, p: dict[str, Any], texts: Sequence[str]) -> tuple[Callabl
 
   ids = embed.tokenize(model.tokenizer, texts, 512)
   run.padded_tokens = [_padded_tokens([len(x) for x in ids], p["batch"], 16)]
+  run.tokens = [sum(len(x) for x in ids)]
   return run, f"bigrec_jax.ground.embed.embed_texts(batch_size={p['batch']})"
 
 

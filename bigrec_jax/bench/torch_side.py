@@ -173,22 +173,23 @@ class TorchSide:
     model = self.model()
     titles = inputs["titles"]
     bs = p["batch"]
-    padded = [0]
+    padded, real = [0], [0]
 
     def run():
       out = []
-      padded[0] = 0
+      padded[0] = real[0] = 0
       with torch.no_grad():
         for i in range(0, len(titles), bs):
           enc = tok(titles[i:i + bs], return_tensors="pt", padding=True).to(self.device)
           padded[0] += int(enc["input_ids"].numel())
+          real[0] += int(enc["attention_mask"].sum())
           h = model(**enc, output_hidden_states=True).hidden_states[-1][:, -1, :]
           out.append(h.detach().float().cpu())
       return torch.cat(out)
 
     r = measure.timed(run, self.sync, repeats=repeats, budget_s=budget_s)
-    return r, {"texts_per_s": len(titles) / r["median_s"]}, {"padded_tokens": padded[0],
-                                                            "dim": int(r["last_output"].shape[1])}
+    return r, {"texts_per_s": len(titles) / r["median_s"]}, {
+        "tokens": real[0], "padded_tokens": padded[0], "dim": int(r["last_output"].shape[1])}
 
   def _ground(self, p, inputs, repeats, budget_s):
     torch = self.torch
