@@ -112,7 +112,8 @@ class TorchSide:
 
   def _train(self, p, inputs, repeats, budget_s):
     torch = self.torch
-    from peft import LoraConfig, get_peft_model
+    peft = importlib.import_module("peft")  # test-only dependency, like torch
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
     rows = workloads.train_rows(self.tokenizer(), inputs["texts"], p["batch"], p["length"])
     ids = torch.from_numpy(rows.astype(np.int64)).to(self.device)
