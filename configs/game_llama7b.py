@@ -11,16 +11,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default, presets  # pylint: disable=wrong-import-position
+from configs import movie_llama7b  # pylint: disable=wrong-import-position
 
 
 def get_config(preset: str = "gpu1"):
-  c = default.get_config()
-  c.model.path = "/data/llama-7b-hf"
-  c.data.dataset = "amazon"
-  c.data.interactions_file = "/data/amazon/Video_Games_5.json"
-  c.data.items_file = "/data/amazon/meta_Video_Games.json"
-  c.data.sample = 1024
-  c.seeds = (0, 1, 2)
-  presets.apply(c, preset)
-  return c
+  return movie_llama7b.paper_config("amazon", "/data/amazon/Video_Games_5.json",
+                                    "/data/amazon/meta_Video_Games.json", preset)

@@ -15,13 +15,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default, presets  # pylint: disable=wrong-import-position
 
 
-def get_config(preset: str = "gpu1"):
+def paper_config(dataset: str, interactions_file: str, items_file: str, preset: str):
+  """The paper's setting for one dataset: LLaMA-7B, 1024 few-shot examples, seeds 0 1 2."""
   c = default.get_config()
   c.model.path = "/data/llama-7b-hf"
-  c.data.dataset = "ml-10m"
-  c.data.interactions_file = "/data/ml-10M100K/ratings.dat"
-  c.data.items_file = "/data/ml-10M100K/movies.dat"
+  c.data.dataset = dataset
+  c.data.interactions_file = interactions_file
+  c.data.items_file = items_file
   c.data.sample = 1024
   c.seeds = (0, 1, 2)
   presets.apply(c, preset)
   return c
+
+
+def get_config(preset: str = "gpu1"):
+  return paper_config("ml-10m", "/data/ml-10M100K/ratings.dat", "/data/ml-10M100K/movies.dat",
+                      preset)
