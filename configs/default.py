@@ -72,12 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.generate.batch_size = 8
   c.generate.length_penalty = 1.0
   c.generate.constrained = False  # restrict beams to catalog titles (beyond the paper)
-  c.generate.stop_at_closing_quote = False
 
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16
   c.ground.ks = (1, 3, 5, 10, 20, 50)
-  c.ground.all_beams = False
   c.ground.cf_sources = ("sasrec",)  # baselines whose scores are injected (CF grounding)
 
   # Sequential baselines trained on the same examples (configs/baselines.py holds their knobs).
