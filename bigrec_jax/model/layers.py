@@ -119,13 +119,16 @@ def attention(q: Array, k: Array, v: Array, query_slots: Array, key_valid: Array
   b, t, h, hd = q.shape
   kvh = k.shape[2]
   g = h // kvh
+  s = k.shape[1]
   qf = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
   kf, vf = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, S, hd]
   scores = jnp.einsum("bkqd,bksd->bkqs", qf, kf, preferred_element_type=jnp.float32)
-  scores = scores.reshape(b, kvh, g, t, -1) * (1.0 / math.sqrt(hd))
-  causal = jnp.arange(k.shape[1])[None, :] <= query_slots[:, None]  # [T, S]
+  scores = scores * (1.0 / math.sqrt(hd))  # [B, KVH, G*T, S], row g*T + t
+  causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
   mask = causal[None, :, :] & key_valid[:, None, :]  # [B, T, S]
-  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, -1)
+  mask = jnp.broadcast_to(mask[:, None], (b, g, t, s)).reshape(b, 1, g * t, s)
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  # The softmax output feeds the second product unchanged, so autodiff keeps one copy of it.
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkqs,bksd->bkqd", probs, vf).reshape(b, kvh, g, t, hd)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
