@@ -129,15 +129,13 @@ def generate_stage(config, paths: Paths) -> dict:
       num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
       max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
       constrained=g.constrained)
-  out = {}
-  for split in ("valid", "test"):
-    out[split] = runner.run(os.path.join(paths.data, f"{split}_5000.json"),
-                            paths.predictions_file(split), options,
-                            model_path=config.model.path or None,
-                            adapter=os.path.join(paths.train, "adapter"),
-                            items=os.path.join(paths.data, "items.tsv"),
-                            dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape))
-  return out
+  splits = ("valid", "test")
+  summaries = runner.run_files(
+      [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
+       for split in splits], options, model_path=config.model.path or None,
+      adapter=os.path.join(paths.train, "adapter"), items=os.path.join(paths.data, "items.tsv"),
+      dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape))
+  return dict(zip(splits, summaries))
 
 
 def baselines_stage(config, paths: Paths, log) -> dict:

@@ -255,36 +255,48 @@ def read_input_rows(path: str) -> list[dict]:
   return rows
 
 
-def run(input_path: str, output_path: str, options: GenerateOptions, *,
-        model_path: str | None = None, adapter: str | None = None, items: str | None = None,
-        dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1)) -> dict[str, Any]:
+def run(input_path: str, output_path: str, options: GenerateOptions, **kw) -> dict[str, Any]:
   """Reads rows, generates, writes output_path atomically (process 0); returns a summary."""
+  return run_files([(input_path, output_path)], options, **kw)[0]
+
+
+def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
+              model_path: str | None = None, adapter: str | None = None, items: str | None = None,
+              dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1)
+              ) -> list[dict[str, Any]]:
+  """`run` for several (input, output) files with one model load, merge and trie build."""
   import time
 
-  rows = read_input_rows(input_path)
-  for i, row in enumerate(rows):  # input errors before the model loads
-    problem = _row_problem(row)
-    if problem:
-      raise UserError(f"{input_path}: row {i}: {problem}")
+  inputs = []
+  for input_path, _ in jobs:  # every file's input errors before the model loads
+    rows = read_input_rows(input_path)
+    for i, row in enumerate(rows):
+      problem = _row_problem(row)
+      if problem:
+        raise UserError(f"{input_path}: row {i}: {problem}")
+    inputs.append(rows)
   titles = read_titles(items) if options.constrained or items else None
   if options.constrained and not titles:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
   mesh = parallel.make_mesh(mesh_shape)
   model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh)
   generator = Generator(model, options, titles=titles, mesh=mesh)
-  ids = generator.prompt_ids(rows, input_path)
-  started = time.time()
-  results = generator.generate_ids(ids)
-  seconds = time.time() - started
-  out = []
-  for row, prompt, res in zip(rows, ids, results):
-    predict, scores = generator.decode(prompt, *res)
-    out.append({**row, "predict": predict, "predict_scores": scores})
-  if parallel.is_main_process():
-    files.write_json(output_path, out)
-  summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
-             "compiled_programs": beam_search.TRACE_COUNTS["search"]}
-  if titles is not None:
-    title_set = set(prompts_lib.quote(t) for t in titles)
-    summary["best_is_catalog_title"] = sum(r["predict"][0] in title_set for r in out) / len(out)
-  return summary
+  title_set = None if titles is None else set(prompts_lib.quote(t) for t in titles)
+  summaries = []
+  for (input_path, output_path), rows in zip(jobs, inputs):
+    ids = generator.prompt_ids(rows, input_path)
+    started = time.time()
+    results = generator.generate_ids(ids)
+    seconds = time.time() - started
+    out = []
+    for row, prompt, res in zip(rows, ids, results):
+      predict, scores = generator.decode(prompt, *res)
+      out.append({**row, "predict": predict, "predict_scores": scores})
+    if parallel.is_main_process():
+      files.write_json(output_path, out)
+    summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
+               "compiled_programs": beam_search.TRACE_COUNTS["search"]}
+    if title_set is not None:
+      summary["best_is_catalog_title"] = sum(r["predict"][0] in title_set for r in out) / len(out)
+    summaries.append(summary)
+  return summaries
