@@ -37,6 +37,22 @@ class Tokenized:
   def lengths(self) -> np.ndarray:
     return np.diff(self.offsets)
 
+  def label_span(self, ignore_index: int = -100) -> int:
+    """Trailing positions of the longest example's window that predict a label.
+
+    Position t is trained on labels[t + 1], so an example whose first label is at index i
+    needs its last len - i + 1 positions (0 when it has no label). With left padding, the
+    loss of every row of a batch lives in the batch's last `label_span()` columns.
+    """
+    hits = np.flatnonzero(self.labels != ignore_index)
+    if hits.size == 0:
+      return 0
+    row = np.searchsorted(self.offsets, hits, side="right") - 1
+    first = np.full(len(self), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, row, hits)
+    labelled = first < np.iinfo(np.int64).max
+    return int(np.max(self.offsets[1:][labelled] - first[labelled] + 1))
+
   def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
     a, b = self.offsets[i], self.offsets[i + 1]
     return self.ids[a:b], self.labels[a:b]

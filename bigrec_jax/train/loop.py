@@ -293,9 +293,13 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
 
   optimizer, schedule = opt_lib.from_config(t, total)
   chunk = int(t.loss_chunk_tokens)
+  # Batches are left-padded, so every label sits in the last `window` columns of its batch.
+  span = max(train_data.label_span(), valid_data.label_span() if valid_data is not None else 0)
+  window = -(-span // 8) * 8 if span else None
   train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh,
-                                        loss_chunk_tokens=chunk)
-  eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, loss_chunk_tokens=chunk)
+                                        loss_chunk_tokens=chunk, label_window=window)
+  eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, loss_chunk_tokens=chunk,
+                                      label_window=window)
   state_sh = step_lib.state_shardings(model_config, lora_config, optimizer, mesh)
   lora_sh = step_lib.lora_shardings(model_config, lora_config, mesh)
 

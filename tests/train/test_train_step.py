@@ -95,6 +95,36 @@ def test_loss_is_mean_token_ce_and_fused_ce_matches_plain_logits(tiny):
     np.testing.assert_allclose(np.asarray(f), np.asarray(p), rtol=1e-4, atol=1e-7)
 
 
+def test_label_window_gives_the_same_loss_and_gradient(tiny):
+  """Response-only labels of a left-padded batch: CE over the last `label_span()` columns
+  equals CE over all of them, value and LoRA gradient (the window only skips work)."""
+  lc = NO_DROPOUT
+  lora = _nonzero_lora(tiny, lc)
+  data = token_set(4, seed=5, min_len=12, max_len=30, prompt_len=9)
+  span = data.label_span()
+  lengths = data.lengths
+  assert span == int(np.max(lengths - 9 + 1))
+  b = pad_examples(data, range(4), 32)
+  assert np.all(b["labels"][:, :32 - span + 1] == -100)  # labels start inside the window
+
+  def loss(lora, window):
+    ce, n = step_lib.token_ce_sum(tiny.config, tiny.params, lora, lc, b["input_ids"],
+                                  b["attention_mask"], b["labels"], loss_chunk_tokens=16,
+                                  label_window=window)
+    return ce / n, (ce, n)
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, (ce_all, n_all)), g_all = value_and_grad(lora, None)
+  (_, (ce_win, n_win)), g_win = value_and_grad(lora, span)
+  assert int(n_all) == int(n_win)
+  np.testing.assert_allclose(float(ce_win), float(ce_all), rtol=1e-5)
+  for a, w in zip(jax.tree.leaves(g_all), jax.tree.leaves(g_win)):
+    np.testing.assert_allclose(np.asarray(w), np.asarray(a), rtol=1e-4, atol=1e-7)
+  # A window one column too short drops the first label of the longest response.
+  (_, (ce_short, _)), _ = value_and_grad(lora, span - 1)
+  assert float(ce_short) < float(ce_all)
+
+
 def test_fused_ce_untied_output_head():
   model = tiny_model(seed=4, tie_word_embeddings=False)
   lc = LoraConfig(dropout=0.0)
