@@ -212,18 +212,10 @@ def _table(rows: list[tuple[str, dict]], ks: Sequence[int]) -> list[str]:
 
 def results_rows(paths: Paths) -> tuple[list[tuple[str, dict]], dict]:
   """(method, test metrics) for BIGRec variants and every baseline found in the workdir."""
-  rows = []
+  from bigrec_jax.evaluate import compare
+
   ev = files.read_json(os.path.join(paths.eval, "metrics.json"))
-  for name, m in ev["methods"].items():
-    rows.append((name, m["test"]))
-  base = os.path.join(paths.workdir, "baselines")
-  if os.path.isdir(base):
-    for name in sorted(os.listdir(base)):
-      mfile = os.path.join(base, name, "metrics.json")
-      if os.path.exists(mfile):
-        for method, m in files.read_json(mfile)["methods"].items():
-          rows.append((name if method == name.split("_")[0] else method, m["test"]))
-  return rows, ev
+  return list(compare.test_metrics(paths.workdir, ev).items()), ev
 
 
 def write_report(config, paths: Paths) -> str:
@@ -252,13 +244,19 @@ def write_report(config, paths: Paths) -> str:
   lines += ["", "## Generation", ""]
   gen = _maybe_json(paths.marker("generate"))
   if gen:
+    from bigrec_jax.data import prepared
+    from bigrec_jax.evaluate import compare
+
+    titles = prepared.read_items(paths.data)
     for split in ("valid", "test"):
       s = gen.get(split, {})
       if s:
-        lines.append(f"- {split}: {s.get('rows')} rows in {s.get('seconds')} s"
-                     + (f", best beam is a catalog title for "
-                        f"{100 * s['best_is_catalog_title']:.1f}%"
-                        if "best_is_catalog_title" in s else ""))
+        st = compare.prediction_stats(files.read_json(paths.predictions_file(split)), titles)
+        lines.append(f"- {split}: {s.get('rows')} rows in {s.get('seconds')} s; the best beam is "
+                     f"one quoted title for {100 * st['single_title']:.1f}% and a catalog "
+                     f"title for {100 * st['catalog_title']:.1f}%; {st['distinct_titles']} "
+                     f"distinct, the most frequent ({st['top_title']}) is "
+                     f"{100 * st['top_share']:.1f}% of rows")
   train = _maybe_json(os.path.join(paths.train, "train_summary.json")) or _maybe_json(
       paths.marker("train"))
   if train:

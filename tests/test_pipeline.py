@@ -35,6 +35,7 @@ def test_tiny_pipeline_writes_a_complete_report(tiny_run):
     assert method in report, method
   assert "## Example recommendations" in report and "grounded:" in report
   assert "## Wall time per stage" in report
+  assert "one quoted title for" in report and "catalog title for" in report
   assert "![training curve](train_curve.png)" in report
   assert os.path.getsize(os.path.join(workdir, "train_curve.png")) > 1000
   metrics = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
@@ -71,6 +72,31 @@ def test_recommend_from_liked_titles(tiny_run):
   assert len(table) == 5
   titles = [line.split(None, 2)[2] for line in table]
   assert "Toy Story" not in titles and "Star Wars" not in titles
+
+
+def test_ablation_table_compares_runs_on_the_same_rows(tiny_run, tmp_path):
+  import shutil
+
+  workdir, _ = tiny_run
+  out = str(tmp_path / "ablation.md")
+  r = _run("launch/ablate.py", f"--run=a={workdir}", f"--run=b={workdir}", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  table = open(out).read()
+  assert "Test rows: 16" in table and "| a |" in table and "| b |" in table
+  summaries = json.load(open(str(tmp_path / "ablation.json")))
+  assert summaries[0]["methods"]["bigrec"] == summaries[1]["methods"]["bigrec"]
+  assert 0.0 <= summaries[0]["generation"]["single_title"] <= 1.0
+  # Other rows: refused, naming the run, no traceback, nothing written.
+  other = str(tmp_path / "other")
+  shutil.copytree(workdir, other)
+  rows = json.load(open(os.path.join(other, "predictions", "test.json")))
+  rows[0]["user_id"] = "someone else"
+  json.dump(rows, open(os.path.join(other, "predictions", "test.json"), "w"))
+  out2 = str(tmp_path / "refused.md")
+  r = _run("launch/ablate.py", f"--run=a={workdir}", f"--run=c={other}", f"--out={out2}")
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  assert "(c)" in r.stderr and "same rows" in r.stderr
+  assert not os.path.exists(out2)
 
 
 @pytest.mark.parametrize("launcher", sorted(

@@ -41,6 +41,15 @@ def unquote(text: str) -> str:
   return text.strip().strip('"').strip()
 
 
+def single_title(text: str) -> str | None:
+  """The title if `text` is exactly one quoted title (the trained answer format), else None."""
+  text = text.strip()
+  if len(text) < 3 or text[0] != '"' or text[-1] != '"' or '"' in text[1:-1]:
+    return None
+  title = text[1:-1].strip()
+  return title or None
+
+
 def format_history(titles: Sequence[str]) -> str:
   """`"T1", "T2", ...` (no trailing separator)."""
   return ", ".join(quote(t) for t in titles)

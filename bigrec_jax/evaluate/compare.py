@@ -1,0 +1,111 @@
+"""Comparing pipeline runs: what the generated text looks like, and the ablation table.
+
+`prediction_stats` says how often the best beam is one quoted title, a catalog title, and how
+concentrated the predictions are (mode collapse shows as a large `top_share`). `ablation_table`
+puts several pipeline workdirs side by side (NDCG@10 / HR@10 of every method on the test rows,
+the generation statistics and the wall time per stage) and refuses runs whose test rows differ,
+so every number in a column is measured on the same rows.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+from typing import Mapping, Sequence
+
+from bigrec_jax import files
+from bigrec_jax.data import prepared, prompts
+from bigrec_jax.files import UserError
+
+STAGES = ("train", "generate", "baselines", "evaluate")
+
+
+def prediction_stats(rows: Sequence[Mapping], titles: Sequence[str]) -> dict:
+  """Fractions over rows of predict[0]: one quoted title, a catalog title; top-title share."""
+  catalog = set(titles)
+  best = [r["predict"][0] if r.get("predict") else "" for r in rows]
+  parsed = [prompts.single_title(text) for text in best]
+  n = max(len(rows), 1)
+  counts = collections.Counter(prompts.unquote(t) for t in best)
+  top_title, top_count = counts.most_common(1)[0] if counts else ("", 0)
+  return {"rows": len(rows),
+          "single_title": sum(p is not None for p in parsed) / n,
+          "catalog_title": sum(p is not None and p in catalog for p in parsed) / n,
+          "distinct_titles": len(counts),
+          "top_title": top_title, "top_share": top_count / n}
+
+
+def rows_fingerprint(rows: Sequence[Mapping]) -> str:
+  """Identity of an evaluation set: its users, targets and timestamps in order."""
+  h = hashlib.sha256()
+  for r in rows:
+    h.update(f"{r.get('user_id')}:{r.get('target_item_id')}:{r.get('target_timestamp')};".encode())
+  return h.hexdigest()[:16]
+
+
+def test_metrics(workdir: str, ev: Mapping | None = None) -> dict[str, dict]:
+  """Method -> test metrics: the BIGRec variants of eval/metrics.json, then every baseline."""
+  if ev is None:
+    ev = files.read_json(os.path.join(workdir, "eval", "metrics.json"))
+  methods = {name: m["test"] for name, m in ev["methods"].items()}
+  base = os.path.join(workdir, "baselines")
+  if os.path.isdir(base):
+    for name in sorted(os.listdir(base)):
+      path = os.path.join(base, name, "metrics.json")
+      if os.path.exists(path):
+        for method, m in files.read_json(path)["methods"].items():
+          methods.setdefault(name if method == name.split("_")[0] else method, m["test"])
+  return methods
+
+
+def summarize_run(workdir: str) -> dict:
+  """Test metrics of every method, generation statistics and stage times of one workdir."""
+  metrics_path = os.path.join(workdir, "eval", "metrics.json")
+  if not os.path.exists(metrics_path):
+    raise UserError(f"{workdir}: no eval/metrics.json (run the pipeline's evaluate stage first)")
+  ev = files.read_json(metrics_path)
+  methods = test_metrics(workdir, ev)
+  predictions = os.path.join(workdir, "predictions", "test.json")
+  rows = files.read_json(predictions)
+  titles = prepared.read_items(os.path.join(workdir, "data"))
+  seconds = {}
+  for stage in STAGES:
+    marker = os.path.join(workdir, "stages", f"{stage}.json")
+    if os.path.exists(marker):
+      seconds[stage] = files.read_json(marker).get("seconds")
+  return {"workdir": workdir, "methods": methods, "test_rows": ev["counts"]["test"]["rows"],
+          "rows_fingerprint": rows_fingerprint(rows),
+          "generation": prediction_stats(rows, titles), "seconds": seconds}
+
+
+def ablation_table(runs: Sequence[tuple[str, str]],
+                   methods: Sequence[str] = ("bigrec", "bigrec+pop", "bigrec+cf:sasrec",
+                                             "mostpop", "sasrec"),
+                   metric_k: int = 10) -> tuple[str, list[dict]]:
+  """Markdown table over (name, workdir) runs; raises UserError when their test rows differ."""
+  if not runs:
+    raise UserError("no runs to compare")
+  summaries = [summarize_run(workdir) for _, workdir in runs]
+  first = summaries[0]["rows_fingerprint"]
+  for (name, workdir), s in zip(runs, summaries):
+    if s["rows_fingerprint"] != first:
+      raise UserError(f"{workdir} ({name}): its test rows differ from {runs[0][1]}'s; an "
+                      "ablation compares runs on the same rows")
+  cols = [f"{m} NDCG@{metric_k} / HR@{metric_k}" for m in methods]
+  head = (["run"] + cols + ["single title", "catalog title", "top title (share)"]
+          + [f"{s} s" for s in STAGES])
+  lines = [f"Test rows: {summaries[0]['test_rows']} (the same rows in every run).", "",
+           "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for (name, _), s in zip(runs, summaries):
+    cells = [name]
+    for m in methods:
+      v = s["methods"].get(m)
+      cells.append("-" if v is None else
+                   f"{v[f'NDCG@{metric_k}']:.4f} / {v[f'HR@{metric_k}']:.4f}")
+    g = s["generation"]
+    cells += [f"{100 * g['single_title']:.1f}%", f"{100 * g['catalog_title']:.1f}%",
+              f"{g['top_title']} ({100 * g['top_share']:.0f}%)"]
+    cells += ["-" if s["seconds"].get(st) is None else f"{s['seconds'][st]:.0f}"
+              for st in STAGES]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n", summaries

@@ -1,0 +1,24 @@
+"""Generation statistics of the ablation table."""
+from __future__ import annotations
+
+import pytest
+
+from bigrec_jax.data import prompts
+from bigrec_jax.evaluate import compare
+
+
+@pytest.mark.parametrize("text,title", [
+    ('"Toy Story"', "Toy Story"), (' "Heat" ', "Heat"), ('"Toy Story", "Heat"', None),
+    ('The user has watched "Heat"', None), ('"Toy Story', None), ('""', None), ("Heat", None)])
+def test_single_title_accepts_exactly_one_quoted_title(text, title):
+  assert prompts.single_title(text) == title
+
+
+def test_prediction_stats_fractions_and_top_share():
+  rows = [{"predict": ['"Heat"', '"x"']}, {"predict": ['"Heat"']}, {"predict": ['"Nope"']},
+          {"predict": ['"Heat", "Toy Story"']}, {"predict": []}]
+  s = compare.prediction_stats(rows, ["Heat", "Toy Story"])
+  assert s["rows"] == 5
+  assert s["single_title"] == pytest.approx(3 / 5)
+  assert s["catalog_title"] == pytest.approx(2 / 5)
+  assert s["top_title"] == "Heat" and s["top_share"] == pytest.approx(2 / 5)
