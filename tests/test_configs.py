@@ -9,7 +9,7 @@ from bigrec_jax import pipeline
 from bigrec_jax.files import UserError
 
 
-@pytest.mark.parametrize("name", ["default", "demo", "tiny", "movie_llama7b", "game_llama7b",
+@pytest.mark.parametrize("name", ["default", "demo", "demo_reference", "tiny", "movie_llama7b", "game_llama7b",
                                   "multi_domain", "baselines"])
 def test_config_loads(name):
   config = importlib.import_module(f"configs.{name}").get_config()
@@ -27,6 +27,20 @@ def test_default_is_the_reference_recipe():
   assert (c.generate.num_beams, c.generate.num_return_sequences, c.generate.max_new_tokens,
           c.generate.constrained) == (4, 4, 128, False)
   pipeline.check_config(c)
+
+
+def test_demo_reference_differs_from_demo_only_in_the_recipe():
+  """Same data, rows and training budget; the reference's loss, lr and generation."""
+  demo = importlib.import_module("configs.demo").get_config()
+  ref = importlib.import_module("configs.demo_reference").get_config()
+  for section in ("data", "train", "generate"):
+    for field in demo[section]:
+      if field in ("train_on_inputs", "learning_rate", "warmup_steps", "max_new_tokens",
+                   "constrained", "stop_at_closing_quote"):
+        continue
+      assert ref[section][field] == demo[section][field], (section, field)
+  assert ref.data.train_on_inputs and ref.train.learning_rate == 3e-4
+  assert not ref.generate.constrained and ref.generate.max_new_tokens == 32
 
 
 @pytest.mark.parametrize("preset", sorted(importlib.import_module("configs.presets").PRESETS))
