@@ -78,6 +78,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"--config.train.{name} must be positive")
   if config.generate.num_return_sequences > config.generate.num_beams:
     raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
+  for spec in config.pipeline.get("compare", ()):
+    name, sep, workdir = spec.partition("=")
+    if not sep or not name or not workdir:
+      raise UserError(f"--config.pipeline.compare: {spec!r} is not NAME=WORKDIR")
   unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop"}
   if unknown_models:
     raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
@@ -271,6 +275,15 @@ def write_report(config, paths: Paths) -> str:
     m = _maybe_json(paths.marker(stage))
     if m:
       lines.append(f"| {stage} | {m['seconds']:.1f} |")
+  if config.pipeline.get("compare", ()):
+    from bigrec_jax.evaluate import compare
+
+    runs = [("this run", paths.workdir)]
+    for spec in config.pipeline.compare:
+      name, _, workdir = spec.partition("=")
+      runs.append((name, workdir))
+    table, _ = compare.ablation_table(runs)
+    lines += ["", "## Compared runs (same test rows)", "", table]
   lines += ["", "Plots: `eval/gamma_curves.png`, `eval/popularity.png`.", ""]
   text = "\n".join(lines)
   files.atomic_write(paths.report, text)

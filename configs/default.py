@@ -88,5 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.stages = ()  # () = all: prepare, train, generate, baselines, evaluate, report
   c.pipeline.force_stages = ()  # redo these even if complete ("all" = everything)
+  # NAME=WORKDIR of finished runs on the same test rows shown beside this one in report.md
+  # (e.g. "reference recipe=runs/demo_reference"): the quality ablation.
+  c.pipeline.compare = ()
   c.seeds = (0,)  # several seeds: one run each under workdir/seed_<s>, mean and spread reported
   return c

@@ -86,6 +86,15 @@ def test_ablation_table_compares_runs_on_the_same_rows(tiny_run, tmp_path):
   summaries = json.load(open(str(tmp_path / "ablation.json")))
   assert summaries[0]["methods"]["bigrec"] == summaries[1]["methods"]["bigrec"]
   assert 0.0 <= summaries[0]["generation"]["single_title"] <= 1.0
+  # The pipeline's report shows the compared runs too.
+  same = str(tmp_path / "same")
+  shutil.copytree(workdir, same)
+  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={same}",
+           "--stages=report", "--force_stage=report",
+           f"--config.pipeline.compare=('first={workdir}',)")
+  assert r.returncode == 0, r.stderr[-3000:]
+  report = open(os.path.join(same, "report.md")).read()
+  assert "## Compared runs (same test rows)" in report and "| first |" in report
   # Other rows: refused, naming the run, no traceback, nothing written.
   other = str(tmp_path / "other")
   shutil.copytree(workdir, other)
