@@ -72,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.generate.batch_size = 8
   c.generate.length_penalty = 1.0
   c.generate.constrained = False  # restrict beams to catalog titles (beyond the paper)
+  # End a hypothesis at the closing `"` of its title as if EOS followed (beyond the paper).
+  c.generate.stop_at_closing_quote = False
 
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16

@@ -3,7 +3,7 @@ r"""BIGRec generation: beam search over prompts built from rows (reference infer
   python launch/generate.py --input=/tmp/ml100k/test_5000.json \
       --output=/tmp/run/test_5000.predict.json --adapter=/tmp/run/train \
       [--model=path/to/model.gguf|hf_dir] [--num_beams=4] [--max_new_tokens=128] \
-      [--constrained --items=/tmp/ml100k/items.tsv]
+      [--constrained --items=/tmp/ml100k/items.tsv] [--stop_at_closing_quote]
 
 Writes the input rows with `predict` (num_return_sequences texts after `Response:\n`, best
 first) and `predict_scores` to --output, atomically.
@@ -32,6 +32,9 @@ _EARLY_STOPPING = flags.DEFINE_boolean("early_stopping", False,
                                        "Stop a row once it has num_beams finished hypotheses.")
 _CONSTRAINED = flags.DEFINE_boolean("constrained", False, "Only generate catalog titles "
                                     "(prefix trie over --items; beyond the paper).")
+_STOP_QUOTE = flags.DEFINE_boolean("stop_at_closing_quote", False, "End a prediction at the "
+                                  "closing quote of its title, as if EOS came next (beyond the "
+                                  "paper; the text is cut after the quote).")
 _ITEMS = flags.DEFINE_string("items", None, "items.tsv (or its prepared-data directory) for "
                              "--constrained.")
 _BUCKET = flags.DEFINE_integer("bucket_multiple", 32, "Prompts are padded to a multiple of this "
@@ -62,7 +65,8 @@ def main(argv: list[str]) -> None:
       num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value,
       max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
       length_penalty=_LENGTH_PENALTY.value, early_stopping=_EARLY_STOPPING.value,
-      constrained=_CONSTRAINED.value, bucket_multiple=_BUCKET.value,
+      constrained=_CONSTRAINED.value, stop_at_closing_quote=_STOP_QUOTE.value,
+      bucket_multiple=_BUCKET.value,
       max_prompt_len=_MAX_PROMPT.value, truncate_long_prompts=_TRUNCATE.value,
       progress=_PROGRESS.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,

@@ -14,6 +14,10 @@ dimension) and exits as soon as no row can improve. Semantics follow transformer
 num_beams=1 is greedy decoding (argmax until EOS), as HF does for num_beams=1.
 An optional catalog trie (trie.TrieTables) masks the log-probabilities of every step so only
 catalog titles can be spelled (HF's prefix_allowed_tokens_fn, done inside the loop).
+With `stop_at_closing_quote` (beyond the reference, off by default) a hypothesis also finishes,
+exactly as if the token were EOS, once its generated text holds two `"` characters (the closing
+quote of a `"Title"` response): `quote_counts` [vocab] gives each token's number of `"`, and
+every beam carries its running count, reordered by source beam like the cache.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ class SearchConfig:
   early_stopping: bool = False
   eos_token_id: int = 2
   pad_token_id: int = 0
+  stop_at_closing_quote: bool = False  # finish at the 2nd `"` (needs quote_counts)
 
   def __post_init__(self):
     if self.num_beams < 1:
@@ -65,23 +70,45 @@ class SearchOutput(NamedTuple):
   lengths: Array  # [B, R] int32 generated tokens incl. EOS; 0 = no hypothesis (constrained)
 
 
+CLOSING_QUOTE_COUNT = 2  # `"Title"`: the second `"` of the generated text closes the title
+
+
 def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,
-           trie: trie_lib.TrieTables | None = None) -> SearchOutput:
+           trie: trie_lib.TrieTables | None = None, quote_counts=None) -> SearchOutput:
   """Generates for left-padded prompts ids/mask [B, P] (jitted; compiles once per shape).
 
   params must be plain base weights (merge LoRA first with `lora.merge`); arrays may be sharded
-  over a mesh (the batch on its data axis), the program then runs SPMD.
+  over a mesh (the batch on its data axis), the program then runs SPMD. quote_counts: [vocab]
+  int32 number of `"` in each token's text (`token_quote_counts`), required by
+  `stop_at_closing_quote`, ignored otherwise.
   """
-  return _compiled(config, search_config, trie is not None)(params, ids, mask, trie)
+  if search_config.stop_at_closing_quote:
+    if quote_counts is None:
+      raise ValueError("stop_at_closing_quote needs quote_counts (the `\"` count per token)")
+  else:
+    quote_counts = None
+  return _compiled(config, search_config, trie is not None)(params, ids, mask, trie,
+                                                            quote_counts)
+
+
+def token_quote_counts(tokenizer, vocab_size: int):
+  """numpy int32 [vocab_size]: how many `"` each token id decodes to (0 beyond the tokenizer)."""
+  import numpy as np
+
+  n = min(len(tokenizer), vocab_size)
+  texts = tokenizer.batch_decode([[i] for i in range(n)])
+  counts = np.zeros((vocab_size,), np.int32)
+  counts[:n] = [t.count('"') for t in texts]
+  return counts
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool):
-  def run(params, ids, mask, trie):
+  def run(params, ids, mask, trie, quotes):
     TRACE_COUNTS["search"] += 1
     if sc.num_beams == 1:
-      return _greedy(config, sc, params, ids, mask, trie if constrained else None)
-    return _beam(config, sc, params, ids, mask, trie if constrained else None)
+      return _greedy(config, sc, params, ids, mask, trie if constrained else None, quotes)
+    return _beam(config, sc, params, ids, mask, trie if constrained else None, quotes)
 
   return jax.jit(run)
 
@@ -96,7 +123,8 @@ def _penalty(length, sc: SearchConfig):
   return jnp.asarray(length, jnp.float32) ** sc.length_penalty
 
 
-def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> SearchOutput:
+def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
+          ) -> SearchOutput:
   b = ids.shape[0]
   k, t_max = sc.num_beams, sc.max_new_tokens
   n = b * k
@@ -112,7 +140,7 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> Sea
       run_tokens=jnp.full((b, k, t_max), sc.pad_token_id, jnp.int32),
       run_scores=run_scores.astype(jnp.float32),
       ancestors=jnp.broadcast_to(own[:, None], (n, t_max)),
-      trie_state=jnp.zeros((n,), jnp.int32),
+      trie_state=jnp.zeros((n,), jnp.int32), quotes=jnp.zeros((n,), jnp.int32),
       fin_tokens=jnp.full((b, k, t_max), sc.pad_token_id, jnp.int32),
       fin_scores=jnp.full((b, k), -_BIG, jnp.float32),
       fin_flag=jnp.zeros((b, k), bool), fin_len=jnp.zeros((b, k), jnp.int32),
@@ -132,6 +160,13 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> Sea
     cand_tokens = jax.lax.dynamic_update_slice_in_dim(cand_tokens, tok[:, :, None], j, axis=2)
     valid = cand_scores > -jnp.inf
     hits = (tok == sc.eos_token_id) | (j + 1 >= t_max)
+    if quotes is not None:  # the candidate's text now holds its closing quote: it finishes
+      src_quotes = s["quotes"].reshape(b, k)[jnp.arange(b)[:, None], src]
+      cand_quotes = src_quotes + quotes[tok]
+      hits = hits | (cand_quotes >= CLOSING_QUOTE_COUNT)
+      # A beam kept only as filler (score -1e9, when fewer than K candidates were unfinished,
+      # e.g. under the trie) has its quote already: nothing it continues with is a hypothesis.
+      valid = valid & (src_quotes < CLOSING_QUOTE_COUNT)
 
     # Running beams: the best K candidates that did not just finish.
     run_cand = cand_scores - hits.astype(jnp.float32) * _BIG
@@ -145,6 +180,9 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> Sea
     trie_state = s["trie_state"]
     if trie is not None:
       trie_state = trie_lib.advance(trie, trie_state[flat_src], run_tok.reshape(n))
+    run_quotes = s["quotes"]
+    if quotes is not None:
+      run_quotes = jnp.take_along_axis(cand_quotes, pick, axis=1).reshape(n)
 
     # Finished hypotheses: candidates among the top K that hit EOS / max length.
     just = hits & top_num_beams[None, :] & valid
@@ -166,7 +204,8 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> Sea
     if sc.early_stopping:
       still = still & ~jnp.all(fin_flag, axis=1)
     return dict(s, step=j + 1, run_tokens=run_tokens, run_scores=run_scores,
-                ancestors=ancestors, trie_state=trie_state, fin_tokens=fin_tokens,
+                ancestors=ancestors, trie_state=trie_state, quotes=run_quotes,
+                fin_tokens=fin_tokens,
                 fin_scores=fin_scores, fin_flag=fin_flag, fin_len=fin_len,
                 open=s["open"] & still)
 
@@ -186,7 +225,8 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> Sea
   return SearchOutput(state["fin_tokens"][:, :r], state["fin_scores"][:, :r], lengths)
 
 
-def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> SearchOutput:
+def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
+            ) -> SearchOutput:
   b, t_max = ids.shape[0], sc.max_new_tokens
   logits0, prompt = decoder.prefill(config, params, ids, mask)
   ancestors = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t_max))
@@ -194,7 +234,7 @@ def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> S
                tokens=jnp.full((b, t_max), sc.pad_token_id, jnp.int32),
                logp_sum=jnp.zeros((b,), jnp.float32), length=jnp.zeros((b,), jnp.int32),
                done=jnp.zeros((b,), bool), trie_state=jnp.zeros((b,), jnp.int32),
-               cache=decoder.init_gen_cache(config, b, t_max))
+               quotes=jnp.zeros((b,), jnp.int32), cache=decoder.init_gen_cache(config, b, t_max))
 
   def select(s):
     j = s["step"]
@@ -207,11 +247,16 @@ def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie) -> S
     trie_state = s["trie_state"]
     if trie is not None:
       trie_state = trie_lib.advance(trie, trie_state, tok)
+    done = s["done"] | (tok == sc.eos_token_id)
+    run_quotes = s["quotes"]
+    if quotes is not None:  # a live row whose text now holds its closing quote is done
+      run_quotes = run_quotes + jnp.where(live, quotes[tok], 0)
+      done = done | (run_quotes >= CLOSING_QUOTE_COUNT)
     return dict(s, step=j + 1,
                 tokens=jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], j, axis=1),
                 logp_sum=s["logp_sum"] + jnp.where(live, chosen, 0.0),
                 length=s["length"] + live.astype(jnp.int32),
-                done=s["done"] | (tok == sc.eos_token_id), trie_state=trie_state)
+                done=done, trie_state=trie_state, quotes=run_quotes)
 
   def cond(s):
     return (s["step"] < t_max) & ~jnp.all(s["done"])

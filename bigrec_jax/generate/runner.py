@@ -5,6 +5,8 @@ field is kept). Each gets `predict`: num_return_sequences strings, best first, e
 prompt + generation (special tokens skipped) split at the last `Response:\\n`, as the reference
 `inference.py` does; and `predict_scores`: the beam scores (summed log-prob / length **
 length_penalty; null where constrained decoding found fewer hypotheses).
+With `stop_at_closing_quote` (beyond the reference) a hypothesis ends at the closing `"` of its
+title and its text is cut right after that quote (a final token like `",` leaves the `,` out).
 
 Prompts are bucketed by token length (multiples of `bucket_multiple`) so jit compiles one program
 per bucket; every batch is padded to `batch_size` rows (filler rows are dropped). The batch is
@@ -41,6 +43,7 @@ class GenerateOptions:
   length_penalty: float = 1.0
   early_stopping: bool = False
   constrained: bool = False  # only catalog titles (needs titles)
+  stop_at_closing_quote: bool = False  # end a hypothesis at its 2nd `"` like EOS (beyond paper)
   bucket_multiple: int = 32
   max_prompt_len: int = 0  # 0: the model's context minus max_new_tokens
   truncate_long_prompts: bool = False  # drop the oldest tokens with a warning instead of failing
@@ -65,7 +68,8 @@ class Generator:
           num_beams=options.num_beams, num_return_sequences=options.num_return_sequences,
           max_new_tokens=options.max_new_tokens, length_penalty=options.length_penalty,
           early_stopping=options.early_stopping, eos_token_id=int(eos),
-          pad_token_id=int(self.config.pad_token_id))
+          pad_token_id=int(self.config.pad_token_id),
+          stop_at_closing_quote=options.stop_at_closing_quote)
     except ValueError as e:
       raise UserError(f"generation options: {e}") from None
     if options.batch_size < 1:
@@ -92,6 +96,11 @@ class Generator:
         log.warning("the longest catalog title takes %d tokens (with quotes and EOS), more than "
                     "max_new_tokens=%d: such titles are cut off", longest, options.max_new_tokens)
       self.trie = trie_lib.to_device(tables, parallel.replicated(self.mesh))
+    self.quote_counts = None
+    if options.stop_at_closing_quote:
+      self.quote_counts = jax.device_put(
+          beam_search.token_quote_counts(self.tokenizer, self.config.vocab_size),
+          parallel.replicated(self.mesh))
 
   # ------------------------------------------------------------------ input checks
   def prompt_ids(self, rows: Sequence[Any], source: str = "rows") -> list[np.ndarray]:
@@ -151,7 +160,7 @@ class Generator:
       batch = parallel.global_batch_from_local(
           {"ids": local["input_ids"], "mask": local["attention_mask"]}, self.mesh)
       out = beam_search.search(self.config, self.search_config, self.model.params, batch["ids"],
-                               batch["mask"], self.trie)
+                               batch["mask"], self.trie, self.quote_counts)
       tokens, scores, lengths = (_to_host(x) for x in out)
       for b, i in enumerate(indices):
         if i >= 0:
@@ -164,6 +173,12 @@ class Generator:
     seqs = [np.concatenate([prompt, t[:n]]) for t, n in zip(tokens, lengths)]
     texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
     predict = [t.split(RESPONSE_SPLIT)[-1] if n > 0 else "" for t, n in zip(texts, lengths)]
+    if self.options.stop_at_closing_quote:
+      # Cut what the last token put after the closing quote (e.g. the `,` of `",`); located in
+      # the generated text alone, so quotes of a prompt that is not split off do not count.
+      gen = self.tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)],
+                                        skip_special_tokens=True)
+      predict = [_drop_suffix(p, after_closing_quote(g)) for p, g in zip(predict, gen)]
     return predict, [float(s) if n > 0 else None for s, n in zip(scores, lengths)]
 
   def generate_rows(self, rows: Sequence[dict], source: str = "rows") -> list[dict]:
@@ -184,6 +199,17 @@ class Generator:
       predict.append(p)
       scores.append(s)
     return predict, scores
+
+
+def after_closing_quote(text: str) -> str:
+  """What follows the second `"` of the text ("" when it has fewer than two)."""
+  first = text.find('"')
+  second = text.find('"', first + 1) if first >= 0 else -1
+  return "" if second < 0 else text[second + 1:]
+
+
+def _drop_suffix(text: str, suffix: str) -> str:
+  return text[:-len(suffix)] if suffix and text.endswith(suffix) else text
 
 
 def _to_host(x) -> np.ndarray:

@@ -195,3 +195,65 @@ def test_batch_sharded_over_eight_devices_gives_the_same_result():
   res = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
                        env=env, timeout=300)
   assert "SHARDED_OK" in res.stdout, res.stderr[-3000:]
+
+
+def _stop_point(seq, eos: int, quotes: np.ndarray) -> int:
+  """Tokens a hypothesis keeps: up to its first EOS or the token bringing its `"` count to 2."""
+  count = 0
+  for t, tok in enumerate(seq):
+    count += int(quotes[tok])
+    if tok == eos or count >= 2:
+      return t + 1
+  return len(seq)
+
+
+def test_stop_at_closing_quote_brute_force_beam_and_greedy():
+  """Quote-stopping is exactly "EOS after the 2nd quote": exhaustive beams find the true best
+  hypotheses under that rule, and greedy is the plain greedy path cut at the closing quote."""
+  config, steps = TINY, 4
+  vocab, eos = config.vocab_size, config.eos_token_id
+  params = _tiny_params(config, seed=2, logit_scale=3.0)
+  quotes = np.array([0, 0, 1, 0, 2], np.int32)  # token 2 is `"`, token 4 is `""`
+  prompts = np.array([[2, 3, 4, 2], [0, 0, 4, 3], [3, 2, 2, 3]], np.int32)
+  masks = np.array([[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]], np.int32)
+  sc = beam_search.SearchConfig(num_beams=vocab ** steps, num_return_sequences=30,
+                                max_new_tokens=steps, eos_token_id=eos, pad_token_id=0,
+                                stop_at_closing_quote=True)
+  with pytest.raises(ValueError, match="quote_counts"):
+    beam_search.search(config, sc, params, prompts, masks)
+  out = beam_search.search(config, sc, params, prompts, masks, quote_counts=quotes)
+  all_seqs = np.array(list(itertools.product(range(vocab), repeat=steps)), np.int32)
+  stopped_by_quote = 0
+  for row in range(len(prompts)):
+    prompt = prompts[row][masks[row] == 1]
+    logp = _log_probs(config, params, prompt, all_seqs)
+    hyps = {}
+    for seq, lp in zip(all_seqs, logp):
+      n = _stop_point(seq, eos, quotes)
+      hyps[tuple(seq[:n])] = lp[:n].sum() / n
+    best = sorted(hyps.items(), key=lambda kv: -kv[1])[:30]
+    got = [tuple(int(x) for x in t[:n]) for t, n in zip(np.asarray(out.tokens[row]),
+                                                         np.asarray(out.lengths[row]))]
+    assert got == [seq for seq, _ in best]
+    np.testing.assert_allclose(np.asarray(out.scores[row]), [s for _, s in best], atol=1e-5)
+    stopped_by_quote += sum(len(s) < steps and s[-1] != eos for s in got)
+  assert stopped_by_quote > 0, "the test model should end hypotheses at a quote"
+
+  # Greedy: the unstopped greedy path, cut where its quote count reaches 2.
+  greedy = dict(num_beams=1, num_return_sequences=1, max_new_tokens=steps, eos_token_id=eos,
+                pad_token_id=0)
+  free = beam_search.search(config, beam_search.SearchConfig(**greedy), params, prompts, masks)
+  stop = beam_search.search(config, beam_search.SearchConfig(**greedy,
+                                                             stop_at_closing_quote=True),
+                            params, prompts, masks, quote_counts=quotes)
+  cut_rows = 0
+  for row in range(len(prompts)):
+    path = np.asarray(free.tokens[row, 0])
+    n = _stop_point(path, eos, quotes)
+    assert int(stop.lengths[row, 0]) == n
+    np.testing.assert_array_equal(np.asarray(stop.tokens[row, 0]),
+                                  np.pad(path[:n], (0, steps - n)))
+    lp = _log_probs(config, params, prompts[row][masks[row] == 1], path[None, :n])[0]
+    np.testing.assert_allclose(float(stop.scores[row, 0]), lp.sum() / n, atol=1e-5)
+    cut_rows += n < int(free.lengths[row, 0])
+  assert cut_rows > 0, "some greedy path should go on past its closing quote"
