@@ -26,3 +26,16 @@ def _minmax(x: np.ndarray, axis) -> np.ndarray:
   lo = x.min(axis=axis, keepdims=True)
   span = x.max(axis=axis, keepdims=True) - lo
   return (x - lo) / np.where(span > 0, span, 1.0)
+
+
+def beam_rank_weights(present) -> np.ndarray:
+  """Weights of a row's beams for multi-beam grounding: w_r = (1 / (r + 1)) / sum over present.
+
+  `present` [Q, B] bool marks the beams that have a usable prediction (beam r = the r-th
+  returned sequence, best first). Missing beams weigh 0 and the rest are re-normalised to sum
+  to 1; a row with no usable beam gets all zeros. ([Q, B] float32)
+  """
+  present = np.asarray(present, dtype=bool)
+  raw = np.where(present, 1.0 / np.arange(1, present.shape[1] + 1, dtype=np.float64), 0.0)
+  total = raw.sum(axis=1, keepdims=True)
+  return (raw / np.where(total > 0, total, 1.0)).astype(np.float32)

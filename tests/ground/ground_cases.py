@@ -38,3 +38,20 @@ CASES = {
     "float_nocf": dict(seed=6, integer=False, with_cf=False),
 }
 SETTINGS = [(0.0, 0.0), (3.0, 0.0), (2.0, 0.5), (0.0, 1.5)]
+
+
+def make_beam_case(seed: int = 28, *, n: int = 37, q: int = 23, d: int = 16,
+                   beams: int = 4) -> dict:
+  """A `make_case` whose queries have `beams` predictions per row, some rows with fewer."""
+  case = make_case(seed, integer=False, n=n, q=q, d=d)
+  rng = np.random.default_rng(seed + 100)
+  e = case["table"]
+  near = e[rng.integers(0, n, size=(q, beams))]
+  case["queries"] = (near + 0.7 * rng.normal(size=(q, beams, d))).astype(np.float32)
+  present = np.ones((q, beams), bool)
+  present[::4, 2:] = False  # rows with only two predictions
+  present[1::5, 1:] = False  # rows with one
+  present[2::7, 0] = False  # a missing best beam (an empty predict[0])
+  case["present"] = present
+  case["weights"] = signals.beam_rank_weights(present)
+  return case

@@ -73,3 +73,21 @@ def min_relative_gap(score: np.ndarray, upto: int | None = None) -> float:
     s = s[:, :upto + 1]
   span = score.max(1, keepdims=True) - score.min(1, keepdims=True)
   return float((np.diff(s, axis=1) / span).min())
+
+
+def beam_keys(q, e, weights, pop=None, cf=None, gamma_pop=0.0, gamma_cf=0.0) -> np.ndarray:
+  """Several beams per row ([Q, B, D], weights [Q, B]): combined = sum_b w_b * minmax(D_b);
+  gamma 0: combined itself, else minmax(combined) * (1+p)^-g * (1+c)^-g."""
+  q = np.asarray(q, np.float64)
+  w = np.asarray(weights, np.float64)
+  comb = np.zeros((q.shape[0], len(e)))
+  for b in range(q.shape[1]):
+    comb += w[:, b:b + 1] * minmax_rows(cdist(q[:, b], e))
+  if gamma_pop == 0 and gamma_cf == 0:
+    return comb
+  s = minmax_rows(comb)
+  if pop is not None:
+    s = s * (1.0 + np.asarray(pop, np.float64))[None, :] ** (-gamma_pop)
+  if cf is not None:
+    s = s * (1.0 + np.asarray(cf, np.float64)) ** (-gamma_cf)
+  return s

@@ -37,6 +37,17 @@ def main(out_path: str) -> None:
       grid = ground_cases.GRID if cf is not None else ground_cases.GRID[ground_cases.GRID[:, 1] == 0]
       out[f"{tag}/{name}/grid"] = kernel.target_ranks_grid(
           case["queries"], items, case["targets"], grid, cf=cf, query_batch=8, gamma_batch=4)
+    beam = ground_cases.make_beam_case()
+    items = kernel.place_items(beam["table"], beam["pop"], mesh)
+    for gp, gc in ground_cases.SETTINGS:
+      r = kernel.ground(beam["queries"], items, k=ground_cases.K, targets=beam["targets"],
+                        cf=beam["cf"], gamma_pop=gp, gamma_cf=gc, query_batch=8,
+                        beam_weights=beam["weights"])
+      out[f"{tag}/beams/{gp}/{gc}/ids"] = r.top_ids
+      out[f"{tag}/beams/{gp}/{gc}/ranks"] = r.target_ranks
+    out[f"{tag}/beams/grid"] = kernel.target_ranks_grid(
+        beam["queries"], items, beam["targets"], ground_cases.GRID, cf=beam["cf"], query_batch=8,
+        beam_weights=beam["weights"])
   np.savez(out_path, **out)
 
 

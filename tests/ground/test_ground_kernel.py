@@ -139,6 +139,18 @@ def test_eight_sharded_devices_give_identical_results(single_device, tmp_path):
       for g, ranks in zip(grid, sharded[f"{tag}/{name}/grid"]):
         score = _reference(case, float(g[0]), float(g[1]))
         np.testing.assert_array_equal(ranks, ref.best_target_ranks(score, case["targets"]))
+    beam = ground_cases.make_beam_case()  # several beams per row (test_ground_beams.py)
+    for gp, gc in ground_cases.SETTINGS:
+      score = ref.beam_keys(beam["queries"], beam["table"], beam["weights"], beam["pop"],
+                            beam["cf"], gp, gc)
+      np.testing.assert_array_equal(sharded[f"{tag}/beams/{gp}/{gc}/ids"],
+                                    ref.top_k(score, ground_cases.K))
+      np.testing.assert_array_equal(sharded[f"{tag}/beams/{gp}/{gc}/ranks"],
+                                    ref.best_target_ranks(score, beam["targets"]))
+    for g, ranks in zip(ground_cases.GRID, sharded[f"{tag}/beams/grid"]):
+      score = ref.beam_keys(beam["queries"], beam["table"], beam["weights"], beam["pop"],
+                            beam["cf"], float(g[0]), float(g[1]))
+      np.testing.assert_array_equal(ranks, ref.best_target_ranks(score, beam["targets"]))
 
 
 def test_torch_cdist_order_at_gamma_zero():
