@@ -78,6 +78,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"--config.train.{name} must be positive")
   if config.generate.num_return_sequences > config.generate.num_beams:
     raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
+  beams = config.ground.get("beams", 1)
+  if not 1 <= beams <= config.generate.num_return_sequences:
+    raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "
+                    f"({config.generate.num_return_sequences})")
   for spec in config.pipeline.get("compare", ()):
     name, sep, workdir = spec.partition("=")
     if not sep or not name or not workdir:
@@ -171,7 +175,8 @@ def evaluate_stage(config, paths: Paths, log) -> dict:
       model=config.model.path or None, cf_names=cf,
       cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
       cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
-      ks=tuple(config.ground.ks), beam=0, embed_batch_size=config.ground.embed_batch_size,
+      ks=tuple(config.ground.ks), beam=0, beams=config.ground.get("beams", 1),
+      embed_batch_size=config.ground.embed_batch_size,
       mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
   metrics = evaluate_predictions(opts, log=log)
   return {"methods": list(metrics["methods"])}

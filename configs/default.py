@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16
   c.ground.ks = (1, 3, 5, 10, 20, 50)
+  # Returned sequences grounded per row: 1 = predict[0] (the paper); N > 1 = predict[0..N-1],
+  # per-beam min-max distances weighted by 1/(rank+1), re-normalised over non-empty beams.
+  c.ground.beams = 1
   c.ground.cf_sources = ("sasrec",)  # baselines whose scores are injected (CF grounding)
 
   # Sequential baselines trained on the same examples (configs/baselines.py holds their knobs).

@@ -28,13 +28,22 @@ _CF_VALID = flags.DEFINE_list("cf_valid_scores", [], "Per source: [valid rows, i
 _CF_TEST = flags.DEFINE_list("cf_test_scores", [], "Per source: [test rows, items] .npy scores.")
 _KS = flags.DEFINE_list("ks", ["1", "3", "5", "10", "20", "50"], "Cut-offs K of NDCG@K and HR@K.")
 _BEAM = flags.DEFINE_integer("beam", 0, "Which returned sequence of `predict` to ground (0: best).")
+_BEAMS = flags.DEFINE_integer(
+    "beams", 1, "Ground the first N returned sequences together (an extension; 1 = predict[0] "
+    "only, the reference). Per row: D_r = L2 distances of beam r's embedding to every item, "
+    "min-max normalised per row; combined = sum_r w_r * D_r with w_r = (1/(r+1)) / (sum of "
+    "1/(j+1) over the row's non-empty beams j < N) (rows with fewer predictions use what they "
+    "have). Gamma 0 ranks items by the combined distance; injection multiplies its per-row "
+    "min-max by the popularity/CF weights as usual. --beams=1 is exactly the single-beam "
+    "grounding. Not combined with --beam.")
 _POP_GAMMAS = flags.DEFINE_list("pop_gammas", [], "Popularity gamma grid (default 0..99, as SPEC).")
 _CF_GAMMAS = flags.DEFINE_list("cf_gammas", [], "CF gamma grid (default 0,0.01..0.99,1..99).")
 _BOTH = flags.DEFINE_boolean("both", True, "Also tune popularity + CF together (an extension).")
 _CACHE = flags.DEFINE_string("embedding_cache", None, "Catalog embedding cache directory "
                              "(default $BIGREC_HOME/embeddings).")
 _EMBED_BATCH = flags.DEFINE_integer("embed_batch_size", 64, "Texts per embedding batch.")
-_QUERY_BATCH = flags.DEFINE_integer("query_batch", 256, "Prediction rows per grounding batch.")
+_QUERY_BATCH = flags.DEFINE_integer("query_batch", None, "Prediction rows per grounding batch "
+                                     "(default: from a memory budget, ground/kernel.py).")
 _GAMMA_BATCH = flags.DEFINE_integer("gamma_batch", 4, "Gammas evaluated together in the search.")
 _MESH = flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "Mesh (data, fsdp, tensor); the item "
                           "table is sharded over all of it.")
@@ -64,7 +73,7 @@ def main(argv: list[str]) -> None:
       data_dir=_DATA_DIR.value, valid_predictions=_VALID.value, test_predictions=_TEST.value,
       out_dir=_OUT_DIR.value, model=_MODEL.value, cf_names=_CF_NAMES.value,
       cf_valid_scores=_CF_VALID.value, cf_test_scores=_CF_TEST.value, ks=_numbers(_KS, int),
-      beam=_BEAM.value, both=_BOTH.value, embedding_cache=_CACHE.value,
+      beam=_BEAM.value, beams=_BEAMS.value, both=_BOTH.value, embedding_cache=_CACHE.value,
       embed_batch_size=_EMBED_BATCH.value, query_batch=_QUERY_BATCH.value,
       gamma_batch=_GAMMA_BATCH.value, mesh_shape=_numbers(_MESH, int), dtype=_DTYPE.value,
       progress=_PROGRESS.value, **grids))

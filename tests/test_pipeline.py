@@ -123,6 +123,7 @@ def test_every_launcher_answers_help(launcher):
     (["--config.generate.num_return_sequences=8"], "num_return_sequences"),
     (["--config.lora.targets=('q_proj','qkv')"], "qkv"),
     (["--config.ground.ks=(10,5)"], "ks"),
+    (["--config.ground.beams=5"], "--config.ground.beams=5: must be in 1..num_return_sequences"),
     (["--force_stage=bake"], "bake"),
     ([], "--workdir"),
 ])

@@ -23,11 +23,16 @@ POP = "bigrec+pop"
 
 @dataclasses.dataclass
 class SplitInputs:
-  """One split (valid or test): its prediction embeddings, rows and CF scores by source name."""
+  """One split (valid or test): its prediction embeddings, rows and CF scores by source name.
+
+  Several beams per row: queries [Q, beams, D] and beam_weights [Q, beams] (zero for a missing
+  beam; signals.beam_rank_weights), grounded by the kernel's weighted per-beam distance.
+  """
   name: str
-  queries: np.ndarray  # [Q, D]
+  queries: np.ndarray  # [Q, D] or [Q, beams, D]
   predictions: Predictions
   cf: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> raw [Q, N]
+  beam_weights: np.ndarray | None = None  # [Q, beams] when queries have a beam axis
 
   def counts(self) -> dict:
     p = self.predictions
@@ -46,7 +51,7 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
                        valid: SplitInputs, test: SplitInputs, *, ks: Iterable[int] = DEFAULT_KS,
                        mesh: Mesh | None = None, pop_grid: Sequence[float] = gamma_lib.POP_GAMMAS,
                        cf_grid: Sequence[float] = gamma_lib.CF_GAMMAS, both: bool = True,
-                       query_batch: int = 256, gamma_batch: int = 4,
+                       query_batch: int | None = None, gamma_batch: int = 4,
                        plot_metric: str | None = None) -> GroundingResult:
   """Grounds both splits plainly, tunes each injection's gammas on valid, applies them to test.
 
@@ -59,7 +64,6 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
   items = kernel.place_items(item_embeddings, signals.popularity_weights(popularity_counts), mesh)
   top_k = min(max(ks), items.num_items)
   plot_metric = plot_metric or ("NDCG@10" if 10 in ks else f"NDCG@{ks[-1]}")
-  kw = dict(query_batch=query_batch)
   grid_kw = dict(query_batch=query_batch, gamma_batch=gamma_batch)
   cf_valid = {n: signals.cf_weights(s) for n, s in valid.cf.items()}
   cf_test = {n: signals.cf_weights(s) for n, s in test.cf.items()}
@@ -67,9 +71,12 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
   def split_args(split: SplitInputs):
     return split.queries, items, split.predictions.targets
 
+  def beam_kw(split: SplitInputs):
+    return {} if split.beam_weights is None else {"beam_weights": split.beam_weights}
+
   def ranked(split: SplitInputs, cf=None, gp=0.0, gc=0.0):
     out = kernel.ground(split.queries, items, k=top_k, targets=split.predictions.targets, cf=cf,
-                        gamma_pop=gp, gamma_cf=gc, **kw)
+                        gamma_pop=gp, gamma_cf=gc, query_batch=query_batch, **beam_kw(split))
     empty = split.predictions.empty
     ranks = np.where(empty, items.num_items, out.target_ranks)
     return ranking_metrics(ranks, ks), np.where(empty[:, None], -1, out.top_ids)
@@ -84,7 +91,8 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
 
   def tuned(name: str, choice: gamma_lib.GammaChoice, cf_t=None):
     test_metrics = gamma_lib.apply(*split_args(test), choice, cf=cf_t, ks=ks,
-                                   invalid_rows=test.predictions.empty, **grid_kw)
+                                   invalid_rows=test.predictions.empty, **grid_kw,
+                                   **beam_kw(test))
     methods[name] = {"valid": choice.valid, "test": test_metrics,
                      "gammas": {m: {"pop": g[0], "cf": g[1]} for m, g in choice.chosen.items()},
                      "search": choice.to_json()}
@@ -93,16 +101,18 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
     tops[name] = ranked(test, cf_t, gp, gc)[1]
 
   pop_choice = gamma_lib.search(*split_args(valid), vary="pop", grid=pop_grid, ks=ks,
-                                invalid_rows=valid.predictions.empty, **grid_kw)
+                                invalid_rows=valid.predictions.empty, **grid_kw, **beam_kw(valid))
   tuned(POP, pop_choice)
   for source in sorted(cf_valid):
     cf_choice = gamma_lib.search(*split_args(valid), vary="cf", grid=cf_grid, cf=cf_valid[source],
-                                 ks=ks, invalid_rows=valid.predictions.empty, **grid_kw)
+                                 ks=ks, invalid_rows=valid.predictions.empty, **grid_kw,
+                                 **beam_kw(valid))
     tuned(f"bigrec+cf:{source}", cf_choice, cf_test[source])
     if both:
       both_choice = gamma_lib.search_both(*split_args(valid), cf_valid[source], pop_choice,
                                           cf_grid=cf_grid, ks=ks,
-                                          invalid_rows=valid.predictions.empty, **grid_kw)
+                                          invalid_rows=valid.predictions.empty, **grid_kw,
+                                          **beam_kw(valid))
       tuned(f"bigrec+pop+cf:{source}", both_choice, cf_test[source])
 
   metrics = {

@@ -51,25 +51,43 @@ def read_popularity(prepared_dir: str, num_items: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Predictions:
-  """One prediction file: the text to ground per row and the row's target ids."""
+  """One prediction file: the text(s) to ground per row and the row's target ids."""
   path: str
-  texts: list[str]  # cleaned predict[0] ('' when empty)
+  texts: list[str]  # cleaned predict[beam] (with several beams: predict[0]); '' when empty
   target_ids: np.ndarray  # [Q] the row's own target id
   targets: np.ndarray  # [Q, M] all ids sharing the target's title, padded with -1
   empty: np.ndarray  # [Q] bool: no usable prediction (never a hit)
   rows: list[dict]
+  beam_texts: list[list[str]] | None = None  # beams > 1: cleaned predict[0..beams-1], '' missing
+
+  @property
+  def beams(self) -> int:
+    return 1 if self.beam_texts is None else len(self.beam_texts[0])
+
+  def beam_present(self) -> np.ndarray:
+    """[Q, beams] bool: which beams have a usable (non-empty) prediction."""
+    if self.beam_texts is None:
+      return ~self.empty[:, None]
+    return np.asarray([[bool(t) for t in row] for row in self.beam_texts], bool)
 
   @property
   def num_rows(self) -> int:
     return len(self.texts)
 
 
-def read_predictions(path: str, catalog: Catalog, beam: int = 0) -> Predictions:
-  """Rows {"predict": [str] | str, "target_item_id": int (or "output": '"Title"'), ...}."""
+def read_predictions(path: str, catalog: Catalog, beam: int = 0, beams: int = 1) -> Predictions:
+  """Rows {"predict": [str] | str, "target_item_id": int (or "output": '"Title"'), ...}.
+
+  beams=1 grounds predict[beam]; beams > 1 (with beam 0) grounds predict[0..beams-1] together
+  (ground/kernel.py: per-beam min-max distances weighted by beam rank). Rows with fewer
+  predictions use the ones they have; a row is empty when none of its beams is usable.
+  """
+  if beams < 1 or (beams > 1 and beam != 0):
+    raise ValueError(f"beams={beams} with beam={beam}: several beams always start at predict[0]")
   rows = read_json(path)
   if not isinstance(rows, list) or not rows:
     raise UserError(f"{path}: expected a non-empty JSON list of prediction rows")
-  texts, target_ids, groups, empty = [], [], [], []
+  texts, target_ids, groups, empty, beam_texts = [], [], [], [], []
   for i, row in enumerate(rows):
     where = lambda: f"{path}:{_row_line(path, i)}: row {i}"
     if not isinstance(row, dict):
@@ -82,9 +100,16 @@ def read_predictions(path: str, catalog: Catalog, beam: int = 0) -> Predictions:
       predict = [predict]
     if not isinstance(predict, list) or not all(isinstance(p, str) for p in predict):
       raise UserError(f"{where()}: `predict` must be a string or a list of strings")
-    text = clean_text(predict[beam]) if len(predict) > beam else ""
+    if beams > 1:
+      row_texts = [clean_text(p) for p in predict[:beams]]
+      row_texts += [""] * (beams - len(row_texts))
+      beam_texts.append(row_texts)
+      text = row_texts[0]
+      empty.append(not any(row_texts))
+    else:
+      text = clean_text(predict[beam]) if len(predict) > beam else ""
+      empty.append(not text)
     texts.append(text)
-    empty.append(not text)
     target = _target_of(row, catalog, where)
     target_ids.append(target)
     groups.append(catalog.same_title(target))
@@ -93,7 +118,7 @@ def read_predictions(path: str, catalog: Catalog, beam: int = 0) -> Predictions:
   for i, g in enumerate(groups):
     targets[i, :len(g)] = g
   return Predictions(path, texts, np.asarray(target_ids, np.int32), targets,
-                     np.asarray(empty, bool), rows)
+                     np.asarray(empty, bool), rows, beam_texts if beams > 1 else None)
 
 
 def _target_of(row: dict, catalog: Catalog, where) -> int:

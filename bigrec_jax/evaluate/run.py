@@ -33,12 +33,13 @@ class EvaluateOptions:
   cf_test_scores: Sequence[str] = ()
   ks: Sequence[int] = DEFAULT_KS
   beam: int = 0  # which returned sequence to ground (0: the best beam, as the reference)
+  beams: int = 1  # > 1: ground predict[0..beams-1] together, weighted by beam rank (extension)
   pop_gammas: Sequence[float] = gamma_lib.POP_GAMMAS
   cf_gammas: Sequence[float] = gamma_lib.CF_GAMMAS
   both: bool = True  # also popularity + CF together (an extension)
   embedding_cache: str | None = None  # default: $BIGREC_HOME/embeddings
   embed_batch_size: int = 64
-  query_batch: int = 256
+  query_batch: int | None = None  # None: from the kernel's memory budget
   gamma_batch: int = 4
   mesh_shape: Sequence[int] = (-1, 1, 1)
   dtype: str = "float32"
@@ -56,6 +57,13 @@ def _check(opts: EvaluateOptions) -> None:
     raise UserError(f"--ks must be positive integers, got {list(opts.ks)}")
   if opts.beam < 0:
     raise UserError(f"--beam must be >= 0, got {opts.beam}")
+  if opts.beams < 1:
+    raise UserError(f"--beams must be >= 1, got {opts.beams}")
+  if opts.beams > 1 and opts.beam != 0:
+    raise UserError(f"--beams={opts.beams} grounds predict[0..{opts.beams - 1}]; it cannot be "
+                    f"combined with --beam={opts.beam}")
+  if opts.query_batch is not None and opts.query_batch < 1:
+    raise UserError(f"--query_batch must be >= 1, got {opts.query_batch}")
   for name, grid in (("--pop_gammas", opts.pop_gammas), ("--cf_gammas", opts.cf_gammas)):
     if not len(grid) or any(g < 0 or not np.isfinite(g) for g in grid):
       raise UserError(f"{name} must be a non-empty list of non-negative numbers")
@@ -69,7 +77,7 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
   counts = inputs.read_popularity(opts.data_dir, catalog.num_items)
   if max(opts.ks) > catalog.num_items:
     raise UserError(f"--ks {list(opts.ks)}: K cannot exceed the {catalog.num_items} catalog items")
-  preds = {s: inputs.read_predictions(p, catalog, opts.beam)
+  preds = {s: inputs.read_predictions(p, catalog, opts.beam, opts.beams)
            for s, p in (("valid", opts.valid_predictions), ("test", opts.test_predictions))}
   cf = {"valid": {}, "test": {}}
   for name, v, t in zip(opts.cf_names, opts.cf_valid_scores, opts.cf_test_scores):
@@ -89,8 +97,13 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
   table = embed.catalog_embeddings(model, titles, cache, log=log, **embed_kw)
   splits = {}
   for s, p in preds.items():
-    queries = embed.embed_texts(model, p.texts, desc=f"embedding {s} predictions", **embed_kw)
-    splits[s] = grounding.SplitInputs(s, queries, p, cf[s])
+    if p.beam_texts is None:
+      queries = embed.embed_texts(model, p.texts, desc=f"embedding {s} predictions", **embed_kw)
+      splits[s] = grounding.SplitInputs(s, queries, p, cf[s])
+    else:
+      queries, weights = _embed_beams(embed, model, p, desc=f"embedding {s} predictions",
+                                      **embed_kw)
+      splits[s] = grounding.SplitInputs(s, queries, p, cf[s], beam_weights=weights)
   embedded = time.time()
 
   result = grounding.evaluate_grounding(
@@ -99,6 +112,8 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
       query_batch=opts.query_batch, gamma_batch=opts.gamma_batch)
   result.metrics["inputs"] = {
       "data_dir": os.path.abspath(opts.data_dir), "model": model.source, "beam": opts.beam,
+      "beams": opts.beams,
+      "beam_weighting": None if opts.beams == 1 else BEAM_WEIGHTING,
       "valid_predictions": os.path.abspath(opts.valid_predictions),
       "test_predictions": os.path.abspath(opts.test_predictions),
       "cf_scores": {n: {"valid": os.path.abspath(v), "test": os.path.abspath(t)} for n, v, t in
@@ -111,6 +126,22 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
   log(report.format_table(result.metrics))
   log(f"[evaluate] wrote {os.path.join(opts.out_dir, 'metrics.json')} and plots")
   return result.metrics
+
+
+BEAM_WEIGHTING = ("sum over beams r < beams of w_r * minmax_row(D_r), w_r = (1/(r+1)) / sum over "
+                  "the row's non-empty beams; then the usual min-max and reweighting")
+
+
+def _embed_beams(embed, model, preds: inputs.Predictions, **embed_kw):
+  """[Q, beams, D] embeddings of every non-empty beam (zeros elsewhere) and their rank weights."""
+  from bigrec_jax.ground import signals
+
+  present = preds.beam_present()
+  flat = [t for row in preds.beam_texts for t in row if t]
+  vecs = embed.embed_texts(model, flat or [""], **embed_kw)
+  queries = np.zeros(present.shape + (vecs.shape[1],), np.float32)
+  queries[present] = vecs[:len(flat)]
+  return queries, signals.beam_rank_weights(present)
 
 
 def _top_items(preds: inputs.Predictions, result: grounding.GroundingResult,

@@ -84,3 +84,59 @@ def test_report_writes_metrics_table_and_plots(evaluated):
   print(table)
   assert "bigrec+pop+cf:sasrec" in table and "24 rows, 4 empty predictions" in table
   assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
+
+
+
+def _beam_reference(queries, table, weights, pop=None, gamma_pop=0.0):
+  """numpy: sum_r w_r * minmax(D_r); gamma > 0: minmax of that times (1 + p)^-gamma."""
+  def minmax(x):
+    lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
+    return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+  q = queries.astype(np.float64)
+  comb = sum(weights[:, r:r + 1] * minmax(np.sqrt(((q[:, r, None] - table[None]) ** 2).sum(-1)))
+             for r in range(q.shape[1]))
+  return comb if gamma_pop == 0 else minmax(comb) * (1.0 + pop[None]) ** (-gamma_pop)
+
+
+def _best_ranks(score, targets):
+  rank = np.argsort(np.argsort(score, axis=1, kind="stable"), axis=1, kind="stable")
+  return np.min(np.where(targets >= 0, np.take_along_axis(rank, np.maximum(targets, 0), 1),
+                         score.shape[1]), axis=1)
+
+
+def test_several_beams_ground_by_the_rank_weighted_distance(tmp_path):
+  """beams=2: metrics follow sum_r w_r minmax(D_r); rows with one usable beam use it alone."""
+  from bigrec_jax.ground import signals
+
+  data = fx.write_prepared(str(tmp_path / "data"))
+  catalog = inputs.read_catalog(str(tmp_path / "data"))
+  table = np.random.default_rng(3).normal(size=(32, 8)).astype(np.float32)
+  splits = []
+  for name, seed in (("valid", 4), ("test", 5)):
+    rows = fx.prediction_rows(24, seed=seed, empty_every=7)  # predict[0] '' but a second beam
+    for r in rows[3::5]:
+      r["predict"] = r["predict"][:1]  # rows with one prediction only
+    preds = inputs.read_predictions(fx.write_rows(str(tmp_path / f"{name}.json"), rows), catalog,
+                                    beams=2)
+    present = preds.beam_present()
+    rng = np.random.default_rng(seed)
+    queries = (table[rng.integers(0, 32, size=(24, 2))] +
+               0.8 * rng.normal(size=(24, 2, 8))).astype(np.float32)
+    queries[~present] = 0.0
+    splits.append(grounding.SplitInputs(name, queries, preds,
+                                        beam_weights=signals.beam_rank_weights(present)))
+  valid, test = splits
+  assert not test.predictions.empty.any() and (~test.predictions.beam_present()).any(1).sum() >= 5
+  result = grounding.evaluate_grounding(table, data["counts"], valid, test, ks=KS,
+                                        pop_grid=(0.0, 1.0, 4.0), cf_grid=(0.0, 1.0))
+  score = _beam_reference(test.queries, table, test.beam_weights)
+  best = _best_ranks(score, test.predictions.targets)
+  assert result.metrics["methods"]["bigrec"]["test"] == pytest.approx(ranking_metrics(best, KS))
+  np.testing.assert_array_equal(result.test_top_ids["bigrec"],
+                                np.argsort(score, axis=1, kind="stable")[:, :10])
+  pop = result.metrics["methods"]["bigrec+pop"]
+  p = signals.popularity_weights(data["counts"]).astype(np.float64)
+  for metric, g in pop["gammas"].items():
+    s = _beam_reference(test.queries, table, test.beam_weights, p, g["pop"])
+    expect = ranking_metrics(_best_ranks(s, test.predictions.targets), KS)[metric]
+    assert pop["test"][metric] == pytest.approx(expect), metric

@@ -29,6 +29,23 @@ def test_predictions_give_texts_targets_and_duplicate_title_groups(prepared, tmp
   assert inputs.read_predictions(path, catalog, beam=1).texts[1] == "other beam"
 
 
+def test_several_beams_use_what_each_row_has(prepared, tmp_path):
+  catalog = inputs.read_catalog(prepared)
+  rows = fx.prediction_rows(6, seed=1, empty_every=5)  # rows 0 and 5: predict[0] is ''
+  rows[1]["predict"] = ['"Movie 3"', '"Twin"', '"Movie 4"']
+  rows[2]["predict"] = '"Movie 7"'  # a bare string: one beam
+  rows[3]["predict"] = ["", ""]
+  p = inputs.read_predictions(fx.write_rows(str(tmp_path / "p.json"), rows), catalog, beams=3)
+  assert p.beams == 3 and p.beam_texts[1] == ["Movie 3", "Twin", "Movie 4"]
+  assert p.beam_texts[2] == ["Movie 7", "", ""] and p.beam_texts[0] == ["", "other beam", ""]
+  assert list(p.empty) == [False, False, False, True, False, False]  # row 0 still has a beam
+  assert p.beam_present()[:, 0].tolist() == [False, True, True, False, True, False]
+  assert p.texts[1] == "Movie 3"
+  with pytest.raises(ValueError, match="predict\\[0\\]"):
+    inputs.read_predictions(fx.write_rows(str(tmp_path / "p.json"), rows), catalog, beam=1,
+                            beams=2)
+
+
 def test_rows_without_predict_name_the_file_and_line(prepared, tmp_path):
   rows = fx.prediction_rows(4, seed=1)
   del rows[2]["predict"]

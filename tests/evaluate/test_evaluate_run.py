@@ -82,3 +82,29 @@ def test_real_model_run_writes_metrics_plots_and_examples(smollm2, tmp_path):
     assert row["bigrec+pop"][0] == row["bigrec"][0]  # injection never moves the top-1
   assert {"gamma_curves.png", "popularity.png"} <= set(os.listdir(tmp_path / "out"))
   assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_real_model_run_with_two_beams(smollm2, tmp_path):
+  """--beams=2 end to end: both returned sequences are embedded and grounded together."""
+  valid, test = fx.prediction_rows(8, seed=2, empty_every=3), fx.prediction_rows(8, seed=3)
+  for r in test[1::2]:  # both beams name the target exactly: it is the nearest by either
+    r["predict"] = [f'"{fx.TITLES[r["target_item_id"]]}"'] * 2
+  test[2]["predict"] = test[2]["predict"][:1]  # a row with one prediction
+  paths = _files(tmp_path, valid, test)
+  opts = run.EvaluateOptions(**paths, ks=(1, 5), beams=2, pop_gammas=(0.0, 1.0),
+                             embedding_cache=str(tmp_path / "cache"), progress=False)
+  metrics = run.evaluate_predictions(opts, model=smollm2, log=lambda m: None)
+  assert metrics["inputs"]["beams"] == 2 and "1/(r+1)" in metrics["inputs"]["beam_weighting"]
+  assert metrics["counts"]["valid"]["empty_predictions"] == 0  # '' best beams, "other beam" 2nd
+  one = run.evaluate_predictions(
+      run.EvaluateOptions(**dict(paths, out_dir=str(tmp_path / "one")), ks=(1, 5),
+                          pop_gammas=(0.0, 1.0), embedding_cache=str(tmp_path / "cache"),
+                          progress=False), model=smollm2, log=lambda m: None)
+  assert one["counts"]["valid"]["empty_predictions"] == 3
+  assert metrics["methods"]["bigrec"]["test"]["HR@1"] >= 0.5
+  with open(tmp_path / "out" / "test_top_items.json") as f:
+    top = json.load(f)
+  for row in top[1::2]:
+    assert fx.TITLES[row["bigrec"][0]] == row["target"]
+  with pytest.raises(run.UserError, match="--beams=2 .* --beam=1"):
+    run.evaluate_predictions(run.EvaluateOptions(**paths, beams=2, beam=1), model=smollm2)
