@@ -1,8 +1,8 @@
 """The demo: embedded SmolLM2-135M-Instruct + MovieLens-100K, sized for a 2-core CPU.
 
 Departures from the reference recipe, each a lever measured in the quality ablation (README,
-"Quality on the embedded default"): loss on the response only, a higher learning rate with
-more (shorter) steps, beam search constrained to catalog titles that stops at the closing
+"Quality on the embedded default"): loss on the response only, 64 optimizer steps of 16
+(one epoch of the 1024 examples) at the reference's learning rate, beam search constrained to catalog titles that stops at the closing
 quote, a short generation budget, and 1000 test rows (300 valid rows only tune gamma).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def get_config():
   c.data.valid_size = 300  # valid rows: only used to pick gamma
   c.data.valid_sample = 64  # rows for the per-epoch validation loss
   c.data.train_on_inputs = False
-  c.train.learning_rate = 1e-3
+  c.train.learning_rate = 3e-4  # 1e-3 collapsed harder onto a few titles (ablation)
   c.train.warmup_steps = 5
   c.train.batch_size = 16
   c.train.micro_batch_size = 16
