@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 
 from bigrec_jax import files
+from bigrec_jax.data import prepared
+from bigrec_jax.evaluate import compare
 from bigrec_jax.files import UserError
 
 STAGES = ("prepare", "train", "generate", "baselines", "evaluate", "report")
@@ -83,9 +85,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "
                     f"({config.generate.num_return_sequences})")
   for spec in config.pipeline.get("compare", ()):
-    name, sep, workdir = spec.partition("=")
-    if not sep or not name or not workdir:
-      raise UserError(f"--config.pipeline.compare: {spec!r} is not NAME=WORKDIR")
+    compare.parse_run(spec, "--config.pipeline.compare")
   unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop"}
   if unknown_models:
     raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
@@ -221,8 +221,6 @@ def _table(rows: list[tuple[str, dict]], ks: Sequence[int]) -> list[str]:
 
 def results_rows(paths: Paths) -> tuple[list[tuple[str, dict]], dict]:
   """(method, test metrics) for BIGRec variants and every baseline found in the workdir."""
-  from bigrec_jax.evaluate import compare
-
   ev = files.read_json(os.path.join(paths.eval, "metrics.json"))
   return list(compare.test_metrics(paths.workdir, ev).items()), ev
 
@@ -253,9 +251,6 @@ def write_report(config, paths: Paths) -> str:
   lines += ["", "## Generation", ""]
   gen = _maybe_json(paths.marker("generate"))
   if gen:
-    from bigrec_jax.data import prepared
-    from bigrec_jax.evaluate import compare
-
     titles = prepared.read_items(paths.data)
     for split in ("valid", "test"):
       s = gen.get(split, {})
@@ -281,12 +276,8 @@ def write_report(config, paths: Paths) -> str:
     if m:
       lines.append(f"| {stage} | {m['seconds']:.1f} |")
   if config.pipeline.get("compare", ()):
-    from bigrec_jax.evaluate import compare
-
-    runs = [("this run", paths.workdir)]
-    for spec in config.pipeline.compare:
-      name, _, workdir = spec.partition("=")
-      runs.append((name, workdir))
+    runs = [("this run", paths.workdir)] + [
+        compare.parse_run(spec, "--config.pipeline.compare") for spec in config.pipeline.compare]
     table, _ = compare.ablation_table(runs)
     lines += ["", "## Compared runs (same test rows)", "", table]
   lines += ["", "Plots: `eval/gamma_curves.png`, `eval/popularity.png`.", ""]
@@ -348,9 +339,7 @@ def _examples(paths: Paths, n: int = 5) -> list[str]:
   top = _maybe_json(os.path.join(paths.eval, "test_top_items.json"))
   if not top:
     return ["(none)"]
-  from bigrec_jax.data.prepared import read_items
-
-  titles = read_items(paths.data)
+  titles = prepared.read_items(paths.data)
   rows = files.read_json(os.path.join(paths.data, "test_5000.json"))
   out = []
   for r, t in list(zip(rows, top))[:n]:

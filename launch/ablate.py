@@ -29,9 +29,7 @@ def main(argv: list[str]) -> None:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   runs = []
   for spec in _RUNS.value:
-    name, sep, workdir = spec.partition("=")
-    if not sep or not name or not workdir:
-      raise UserError(f"--run={spec}: expected NAME=WORKDIR")
+    name, workdir = compare.parse_run(spec, "--run")
     if not os.path.isdir(workdir):
       raise UserError(f"--run={spec}: {workdir} is not a directory")
     runs.append((name, workdir))

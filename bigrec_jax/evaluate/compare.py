@@ -20,6 +20,14 @@ from bigrec_jax.files import UserError
 STAGES = ("train", "generate", "baselines", "evaluate")
 
 
+def parse_run(spec: str, source: str) -> tuple[str, str]:
+  """`NAME=WORKDIR` -> (name, workdir); `source` names the flag or field in the error."""
+  name, sep, workdir = spec.partition("=")
+  if not sep or not name or not workdir:
+    raise UserError(f"{source}: {spec!r} is not NAME=WORKDIR")
+  return name, workdir
+
+
 def prediction_stats(rows: Sequence[Mapping], titles: Sequence[str]) -> dict:
   """Fractions over rows of predict[0]: one quoted title, a catalog title; top-title share."""
   catalog = set(titles)

@@ -307,7 +307,7 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
   mesh = parallel.make_mesh(mesh_shape)
   model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh)
   generator = Generator(model, options, titles=titles, mesh=mesh)
-  title_set = None if titles is None else set(prompts_lib.quote(t) for t in titles)
+  catalog = None if titles is None else set(titles)
   summaries = []
   for (input_path, output_path), rows in zip(jobs, inputs):
     ids = generator.prompt_ids(rows, input_path)
@@ -322,7 +322,8 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
       files.write_json(output_path, out)
     summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
                "compiled_programs": beam_search.TRACE_COUNTS["search"]}
-    if title_set is not None:
-      summary["best_is_catalog_title"] = sum(r["predict"][0] in title_set for r in out) / len(out)
+    if catalog is not None:
+      summary["best_is_catalog_title"] = sum(
+          prompts_lib.single_title(r["predict"][0]) in catalog for r in out) / len(out)
     summaries.append(summary)
   return summaries
