@@ -19,3 +19,17 @@ if [ ! -f "$STAMP" ]; then
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 .venv/bin/python -m bigrec_jax.assets
+# tcmalloc keeps freed pages mapped: with glibc every step of a CPU run page-faults its
+# activations back in (~20% of a SmolLM2 LoRA step here, for JAX and torch alike).
+# BIGREC_MALLOC=system opts out; BUILD.md ("Speed on CPU") has the details.
+if [ "${BIGREC_MALLOC:-tcmalloc}" != "system" ] && [[ "${LD_PRELOAD:-}" != *tcmalloc* ]]; then
+  for lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
+             /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4; do
+    if [ -e "$lib" ]; then
+      export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}"
+      # Activations of a 7B run are single multi-GB allocations: not worth a warning each.
+      export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-1099511627776}"
+      break
+    fi
+  done
+fi

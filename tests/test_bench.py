@@ -27,6 +27,9 @@ def test_quick_bench_writes_well_formed_json(tmp_path):
     assert rec["device"][side]["platform"] in ("cpu", "gpu", "tpu")
     assert rec["device"][side]["dtype"] in ("float32", "bfloat16")
     assert rec["sides"][side]["matmul_peak"]["flops_per_s"] > 0
+    # Each worker reports its malloc (the same for both: workers inherit the environment).
+    assert rec["sides"][side]["host"]["allocator"] in ("tcmalloc", "jemalloc", "glibc")
+  assert len({rec["sides"][s]["host"]["allocator"] for s in ("jax", "torch")}) == 1
   assert rec["versions"]["jax"]["jax"] and rec["versions"]["torch"]["torch"]
   for task, entries in rec["tasks"].items():
     assert entries, task

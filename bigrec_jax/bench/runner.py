@@ -296,6 +296,10 @@ def format_table(record: dict[str, Any]) -> str:
   dev = ", ".join(f"{s}: {(d or {}).get('name', '?')} {(d or {}).get('dtype', '')}"
                   for s, d in record["device"].items())
   lines.append(f"devices: {dev}; {record['machine']['shared_load_note']}")
+  allocators = {s: ((info or {}).get("host") or {}).get("allocator")
+                for s, info in record.get("sides", {}).items()}
+  if any(allocators.values()):
+    lines.append("malloc: " + ", ".join(f"{s}: {a}" for s, a in allocators.items()))
   lines += notes
   return "\n".join(lines)
 
