@@ -32,6 +32,10 @@ class LlamaConfig:
   dtype: str = "float32"  # compute dtype (bfloat16 on GPU/TPU)
   param_dtype: str = "float32"
   remat: bool = False  # rematerialise each decoder block in the backward pass
+  # Without a KV cache (training, embedding), queries are processed in blocks of this many
+  # positions that attend only to keys up to their block's end: causal attention without the
+  # work above the diagonal. 0 disables it.
+  causal_block: int = 128
   architecture: str = "llama"
 
   @property

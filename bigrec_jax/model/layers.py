@@ -205,7 +205,8 @@ def _attend(qf: Array, kf: Array, vf: Array, mask: Array) -> Array:
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
-def attention(q: Array, k: Array, v: Array, query_slots: Array, key_valid: Array) -> Array:
+def attention(q: Array, k: Array, v: Array, query_slots: Array, key_valid: Array, *,
+              causal_block: int = 0) -> Array:
   """Grouped-query causal attention without materialising repeated K/V heads.
 
   q: [B, T, H, hd]; k, v: [B, S, KVH, hd]; query_slots: [T] index of each query in the key
@@ -214,15 +215,28 @@ def attention(q: Array, k: Array, v: Array, query_slots: Array, key_valid: Array
   products are plain batched matmuls over (batch, KV head): on CPU this took about 20% less time
   than the equivalent 5-d einsums at 8x512 (forward + backward, identical results).
   The backward pass keeps only the output and a log-sum-exp per query (`_attend_bwd`).
+  `causal_block` > 0 promises that query i is key i (no cache: query_slots == arange(T), S == T)
+  and splits the queries into blocks that attend only to keys up to the block's end, which skips
+  nearly half of the products at long T.
   """
   b, t, h, hd = q.shape
   kvh = k.shape[2]
   g = h // kvh
   s = k.shape[1]
-  qf = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
-  kf, vf = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, S, hd]
+  qg = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, hd]
+  kf, vf = k.transpose(0, 2, 1, 3), v.astype(q.dtype).transpose(0, 2, 1, 3)  # [B, KVH, S, hd]
   causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
-  mask = causal[None, :, :] & key_valid[:, None, :]  # [B, T, S]
-  mask = jnp.broadcast_to(mask[:, None], (b, g, t, s)).reshape(b, 1, g * t, s)
-  out = _attend(qf, kf, vf.astype(q.dtype), mask).reshape(b, kvh, g, t, hd)
+  bounds = [0, t]
+  if causal_block > 0 and t == s and t > causal_block:
+    bounds = list(range(0, t, causal_block)) + [t]
+  outs = []
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    keys = s if len(bounds) == 2 else hi  # a block's queries see no key after its last one
+    c = hi - lo
+    qf = qg[:, :, :, lo:hi].reshape(b, kvh, g * c, hd)  # row g*c + t
+    mask = causal[None, lo:hi, :keys] & key_valid[:, None, :keys]  # [B, c, keys]
+    mask = jnp.broadcast_to(mask[:, None], (b, g, c, keys)).reshape(b, 1, g * c, keys)
+    out = _attend(qf, kf[:, :, :keys], vf[:, :, :keys], mask)
+    outs.append(out.reshape(b, kvh, g, c, hd))
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)

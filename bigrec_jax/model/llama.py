@@ -48,7 +48,8 @@ class DecoderBlock(nn.Module):
       new_cache = {"k": k, "v": v}
     else:
       new_cache = None
-    a = attention(q, k.astype(dt), v.astype(dt), query_slots, key_valid)
+    a = attention(q, k.astype(dt), v.astype(dt), query_slots, key_valid,
+                  causal_block=cfg.causal_block if layer_cache is None else 0)
     x = x + proj("o_proj", cfg.hidden_size, ("q_proj", "embed"))(a, deterministic)
     h = RMSNorm(cfg.rms_norm_eps, pdt, name="post_norm")(x)
     gate = proj("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(h, deterministic)

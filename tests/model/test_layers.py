@@ -23,8 +23,10 @@ def _naive_attention(q, k, v, query_slots, key_valid):
   return jnp.einsum("bhts,bshd->bthd", probs, vr).reshape(b, t, h * hd)
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4), (3, 1)])
-def test_attention_value_and_gradients_match_autodiff_softmax(heads, kv_heads):
+@pytest.mark.parametrize("heads,kv_heads,causal_block", [(6, 2, 0), (4, 4, 0), (3, 1, 0),
+                                                         (6, 2, 4), (3, 1, 2)])
+def test_attention_value_and_gradients_match_autodiff_softmax(heads, kv_heads, causal_block):
+  """Also with causal blocks (9 positions in blocks of 4 or 2, the last one short)."""
   rng = np.random.default_rng(heads)
   b, t, hd = 2, 9, 8
   q = jnp.asarray(rng.normal(size=(b, t, heads, hd)), jnp.float32)
@@ -33,12 +35,13 @@ def test_attention_value_and_gradients_match_autodiff_softmax(heads, kv_heads):
   slots = jnp.arange(t)
   # Padding queries get no cotangent, as in training (their outputs reach no loss).
   weight = jnp.asarray(rng.normal(size=(b, t, heads * hd)), jnp.float32) * key_valid[..., None]
+  ours_fn = lambda q, k, v, s, kv: attention(q, k, v, s, kv, causal_block=causal_block)
   loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, slots, key_valid) * weight)
   real = np.asarray(key_valid)
-  ours = np.asarray(attention(q, k, v, slots, key_valid))
+  ours = np.asarray(ours_fn(q, k, v, slots, key_valid))
   ref = np.asarray(_naive_attention(q, k, v, slots, key_valid))
   np.testing.assert_allclose(ours[real], ref[real], atol=1e-5)
-  grads = jax.grad(loss(attention), argnums=(0, 1, 2))(q, k, v)
+  grads = jax.grad(loss(ours_fn), argnums=(0, 1, 2))(q, k, v)
   ref_grads = jax.grad(loss(_naive_attention), argnums=(0, 1, 2))(q, k, v)
   for name, g, r in zip("qkv", grads, ref_grads):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=2e-5, err_msg=name)
