@@ -161,31 +161,39 @@ def lora_delta(h: Array, a: Array, b: Array, scale: float) -> Array:
 lora_delta.defvjp(_lora_fwd, _lora_bwd)
 
 
-def _masked_scores(qf: Array, kf: Array, mask: Array) -> Array:
-  """Scaled q.k^T in float32, masked entries at the float32 minimum: [B, KVH, G*T, S]."""
+def _masked_scores(qf: Array, kf: Array, causal: Array, key_valid: Array, groups: int) -> Array:
+  """Scaled q.k^T in float32, masked entries at the float32 minimum: [B, KVH, G*T, S].
+
+  The [B, 1, G*T, S] mask is rebuilt here from causal [T, S] and key_valid [B, S] rather than
+  passed in, so the backward pass keeps only those small inputs as residuals.
+  """
+  b, (t, s) = key_valid.shape[0], causal.shape
+  mask = causal[None] & key_valid[:, None, :]  # [B, T, S]
+  mask = jnp.broadcast_to(mask[:, None], (b, groups, t, s)).reshape(b, 1, groups * t, s)
   scores = jnp.einsum("bkqd,bksd->bkqs", qf, kf, preferred_element_type=jnp.float32)
   scores = scores * (1.0 / math.sqrt(qf.shape[-1]))
   return jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
 
 
-def _attend_fwd(qf, kf, vf, mask):
-  scores = _masked_scores(qf, kf, mask)
+def _attend_fwd(qf, kf, vf, causal, key_valid, groups):
+  scores = _masked_scores(qf, kf, causal, key_valid, groups)
   peak = jnp.max(scores, axis=-1, keepdims=True)
   unnorm = jnp.exp(scores - peak)
   total = jnp.sum(unnorm, axis=-1, keepdims=True)
   probs = (unnorm / total).astype(vf.dtype)
-  out = jnp.einsum("bkqs,bksd->bkqd", probs, vf, preferred_element_type=jnp.float32)
+  out = jnp.einsum("bkqs,bksd->bkqd", probs, vf,
+                   preferred_element_type=jnp.float32).astype(qf.dtype)
   lse = (peak + jnp.log(total))[..., 0]  # [B, KVH, G*T]
-  return out.astype(qf.dtype), (qf, kf, vf, mask, out.astype(qf.dtype), lse)
+  return out, (qf, kf, vf, causal, key_valid, out, lse)
 
 
-def _attend_bwd(res, d_out):
+def _attend_bwd(groups, res, d_out):
   # The probabilities are recomputed from q, k and the saved log-sum-exp instead of being kept
   # as a [B, KVH, G*T, S] residual per layer: on CPU, storing and reloading that stack cost more
   # than the extra q.k^T (what flash attention does on accelerators, and torch's SDPA on CPU).
-  qf, kf, vf, mask, out, lse = res
-  scores = _masked_scores(qf, kf, mask)
-  probs = jnp.where(mask, jnp.exp(scores - lse[..., None]), 0.0)
+  qf, kf, vf, causal, key_valid, out, lse = res
+  scores = _masked_scores(qf, kf, causal, key_valid, groups)
+  probs = jnp.where(scores > jnp.finfo(jnp.float32).min, jnp.exp(scores - lse[..., None]), 0.0)
   f32 = jnp.float32
   d_v = jnp.einsum("bkqs,bkqd->bksd", probs.astype(vf.dtype), d_out, preferred_element_type=f32)
   d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out, vf, preferred_element_type=f32)
@@ -193,13 +201,14 @@ def _attend_bwd(res, d_out):
   d_scores = (probs * (d_probs - delta) * (1.0 / math.sqrt(qf.shape[-1]))).astype(qf.dtype)
   d_q = jnp.einsum("bkqs,bksd->bkqd", d_scores, kf, preferred_element_type=f32)
   d_k = jnp.einsum("bkqs,bkqd->bksd", d_scores, qf, preferred_element_type=f32)
-  return d_q.astype(qf.dtype), d_k.astype(kf.dtype), d_v.astype(vf.dtype), None
+  return d_q.astype(qf.dtype), d_k.astype(kf.dtype), d_v.astype(vf.dtype), None, None
 
 
-@jax.custom_vjp
-def _attend(qf: Array, kf: Array, vf: Array, mask: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attend(qf: Array, kf: Array, vf: Array, causal: Array, key_valid: Array,
+            groups: int) -> Array:
   """softmax(q.k^T / sqrt(hd), masked) @ v on folded operands (see `attention`)."""
-  return _attend_fwd(qf, kf, vf, mask)[0]
+  return _attend_fwd(qf, kf, vf, causal, key_valid, groups)[0]
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -234,9 +243,8 @@ def attention(q: Array, k: Array, v: Array, query_slots: Array, key_valid: Array
     keys = s if len(bounds) == 2 else hi  # a block's queries see no key after its last one
     c = hi - lo
     qf = qg[:, :, :, lo:hi].reshape(b, kvh, g * c, hd)  # row g*c + t
-    mask = causal[None, lo:hi, :keys] & key_valid[:, None, :keys]  # [B, c, keys]
-    mask = jnp.broadcast_to(mask[:, None], (b, g, c, keys)).reshape(b, 1, g * c, keys)
-    out = _attend(qf, kf[:, :, :keys], vf[:, :, :keys], mask)
+    out = _attend(qf, kf[:, :, :keys], vf[:, :, :keys], causal[lo:hi, :keys],
+                  key_valid[:, :keys], g)
     outs.append(out.reshape(b, kvh, g, c, hd))
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * hd)
