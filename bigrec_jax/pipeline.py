@@ -136,7 +136,8 @@ def generate_stage(config, paths: Paths) -> dict:
   options = runner.GenerateOptions(
       num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
       max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
-      constrained=g.constrained, stop_at_closing_quote=g.stop_at_closing_quote)
+      constrained=g.constrained, stop_at_closing_quote=g.stop_at_closing_quote,
+      share_prompt_prefix=g.share_prompt_prefix)
   splits = ("valid", "test")
   summaries = runner.run_files(
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))

@@ -60,6 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 10  # also after every validation and on SIGTERM; 0 = only then
   c.train.resume = True  # continue from the newest good checkpoint in the workdir
   c.train.loss_chunk_tokens = 1024  # fused output-projection + CE over chunks; 0 = full logits
+  # Run the tokens every example opens with (the instruction) once per micro-batch, not per row.
+  c.train.share_prompt_prefix = True
 
   # Device mesh (data, fsdp, tensor); -1 = the rest of the devices.
   c.mesh = ml_collections.ConfigDict()
@@ -74,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.generate.constrained = False  # restrict beams to catalog titles (beyond the paper)
   # End a hypothesis at the closing `"` of its title as if EOS followed (beyond the paper).
   c.generate.stop_at_closing_quote = False
+  c.generate.share_prompt_prefix = True  # the shared instruction once per batch (exact)
 
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16

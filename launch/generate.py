@@ -35,6 +35,8 @@ _CONSTRAINED = flags.DEFINE_boolean("constrained", False, "Only generate catalog
 _STOP_QUOTE = flags.DEFINE_boolean("stop_at_closing_quote", False, "End a prediction at the "
                                   "closing quote of its title, as if EOS came next (beyond the "
                                   "paper; the text is cut after the quote).")
+_SHARE_PREFIX = flags.DEFINE_boolean("share_prompt_prefix", True, "Run the tokens every prompt "
+                                    "opens with (the instruction) once per batch, not per row.")
 _ITEMS = flags.DEFINE_string("items", None, "items.tsv (or its prepared-data directory) for "
                              "--constrained.")
 _BUCKET = flags.DEFINE_integer("bucket_multiple", 32, "Prompts are padded to a multiple of this "
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> None:
       max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
       length_penalty=_LENGTH_PENALTY.value, early_stopping=_EARLY_STOPPING.value,
       constrained=_CONSTRAINED.value, stop_at_closing_quote=_STOP_QUOTE.value,
-      bucket_multiple=_BUCKET.value,
+      bucket_multiple=_BUCKET.value, share_prompt_prefix=_SHARE_PREFIX.value,
       max_prompt_len=_MAX_PROMPT.value, truncate_long_prompts=_TRUNCATE.value,
       progress=_PROGRESS.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,

@@ -68,6 +68,34 @@ class Tokenized:
     return cls(ids=flat(ids), labels=flat(labels), offsets=offsets)
 
 
+def shared_prefix_length(*datasets: Tokenized, training: bool = False) -> int:
+  """How many leading tokens every example of every dataset shares, leaving each example at
+  least one token after them (0 when there is nothing to share). BIGRec prompts all open with
+  the same instruction, which the model then computes once per batch (llama.prefix_then_suffix).
+
+  training=True also returns 0 when any example labels its first token (whole-prompt loss, the
+  reference default): the loss then includes the padding position before a row predicting that
+  token, whose hidden state only the plain left-padded layout reproduces.
+  """
+  parts = [d for d in datasets if d is not None and len(d)]
+  if not parts:
+    return 0
+  if training and any((d.labels[d.offsets[:-1]] != IGNORE_INDEX).any() for d in parts):
+    return 0
+  ref_ids, _ = parts[0].example(0)
+  shared = len(ref_ids)
+  for data in parts:
+    for i in range(len(data)):
+      a, b = data.offsets[i], data.offsets[i + 1]
+      shared = min(shared, int(b - a) - 1)
+      if shared <= 0:
+        return 0
+      diff = np.flatnonzero(data.ids[a:a + shared] != ref_ids[:shared])
+      if diff.size:
+        shared = int(diff[0])
+  return max(shared, 0)
+
+
 def _encode(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
   out: list[list[int]] = []
   for k in range(0, len(texts), _CHUNK):

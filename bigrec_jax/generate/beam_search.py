@@ -74,21 +74,23 @@ CLOSING_QUOTE_COUNT = 2  # `"Title"`: the second `"` of the generated text close
 
 
 def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,
-           trie: trie_lib.TrieTables | None = None, quote_counts=None) -> SearchOutput:
+           trie: trie_lib.TrieTables | None = None, quote_counts=None, *,
+           prefix_len: int = 0) -> SearchOutput:
   """Generates for left-padded prompts ids/mask [B, P] (jitted; compiles once per shape).
 
   params must be plain base weights (merge LoRA first with `lora.merge`); arrays may be sharded
   over a mesh (the batch on its data axis), the program then runs SPMD. quote_counts: [vocab]
   int32 number of `"` in each token's text (`token_quote_counts`), required by
-  `stop_at_closing_quote`, ignored otherwise.
+  `stop_at_closing_quote`, ignored otherwise. prefix_len > 0: every real prompt begins with
+  these many identical tokens, prefilled once (decoder.prefill); the result is the same.
   """
   if search_config.stop_at_closing_quote:
     if quote_counts is None:
       raise ValueError("stop_at_closing_quote needs quote_counts (the `\"` count per token)")
   else:
     quote_counts = None
-  return _compiled(config, search_config, trie is not None)(params, ids, mask, trie,
-                                                            quote_counts)
+  return _compiled(config, search_config, trie is not None, prefix_len)(params, ids, mask, trie,
+                                                                        quote_counts)
 
 
 def token_quote_counts(tokenizer, vocab_size: int):
@@ -103,12 +105,12 @@ def token_quote_counts(tokenizer, vocab_size: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool):
+def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool, prefix_len: int):
   def run(params, ids, mask, trie, quotes):
     TRACE_COUNTS["search"] += 1
-    if sc.num_beams == 1:
-      return _greedy(config, sc, params, ids, mask, trie if constrained else None, quotes)
-    return _beam(config, sc, params, ids, mask, trie if constrained else None, quotes)
+    search_fn = _greedy if sc.num_beams == 1 else _beam
+    return search_fn(config, sc, params, ids, mask, trie if constrained else None, quotes,
+                     prefix_len)
 
   return jax.jit(run)
 
@@ -123,12 +125,12 @@ def _penalty(length, sc: SearchConfig):
   return jnp.asarray(length, jnp.float32) ** sc.length_penalty
 
 
-def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
-          ) -> SearchOutput:
+def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes,
+          prefix_len: int = 0) -> SearchOutput:
   b = ids.shape[0]
   k, t_max = sc.num_beams, sc.max_new_tokens
   n = b * k
-  logits0, prompt = decoder.prefill(config, params, ids, mask)
+  logits0, prompt = decoder.prefill(config, params, ids, mask, prefix_len)
   vocab = logits0.shape[-1]
   # All beams of a row start from the same prompt: beam 0 scores 0, the others -1e9 (as HF), so
   # the first step picks distinct tokens from one distribution.
@@ -225,10 +227,10 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
   return SearchOutput(state["fin_tokens"][:, :r], state["fin_scores"][:, :r], lengths)
 
 
-def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
-            ) -> SearchOutput:
+def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes,
+            prefix_len: int = 0) -> SearchOutput:
   b, t_max = ids.shape[0], sc.max_new_tokens
-  logits0, prompt = decoder.prefill(config, params, ids, mask)
+  logits0, prompt = decoder.prefill(config, params, ids, mask, prefix_len)
   ancestors = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t_max))
   state = dict(step=jnp.zeros((), jnp.int32), logits=logits0,
                tokens=jnp.full((b, t_max), sc.pad_token_id, jnp.int32),

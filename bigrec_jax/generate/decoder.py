@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bigrec_jax.model import forward, init_cache
+from bigrec_jax.model import forward, init_cache, output_logits, prefix_then_suffix
 from bigrec_jax.model.config import LlamaConfig
 from bigrec_jax.model.layers import apply_rope, rope_tables
 
@@ -43,22 +43,20 @@ class GenCache(NamedTuple):
   v: Array
 
 
-def lm_head(config: LlamaConfig, params, hidden: Array) -> Array:
-  """float32 logits from final-norm hidden states (tied embeddings or a separate lm_head)."""
-  dt = config.compute_dtype
-  if config.tie_word_embeddings:
-    return jnp.dot(hidden.astype(dt), params["embed"].astype(dt).T,
-                   preferred_element_type=jnp.float32)
-  return jnp.dot(hidden.astype(dt), params["lm_head"].astype(dt),
-                 preferred_element_type=jnp.float32)
+def prefill(config: LlamaConfig, params, ids: Array, mask: Array, prefix_len: int = 0
+            ) -> tuple[Array, PromptCache]:
+  """Runs the left-padded prompts once: (logits of the last position [B, V], PromptCache).
 
-
-def prefill(config: LlamaConfig, params, ids: Array, mask: Array) -> tuple[Array, PromptCache]:
-  """Runs the left-padded prompts once: (logits of the last position [B, V], PromptCache)."""
+  `prefix_len` > 0: every real prompt begins with the same `prefix_len` tokens, computed once
+  (model.prefix_then_suffix); the cache then holds the prefix first and each row's tail after it.
+  """
   b, p = ids.shape
-  cache = init_cache(config, b, p)
-  hidden, cache = forward(config, params, ids, mask, cache=cache, output="hidden")
-  logits = lm_head(config, params, hidden[:, -1])
+  if prefix_len > 0:
+    _, hidden, cache = prefix_then_suffix(config, params, ids, mask, prefix_len)
+  else:
+    hidden, cache = forward(config, params, ids, mask, cache=init_cache(config, b, p),
+                            output="hidden")
+  logits = output_logits(config, params, hidden[:, -1])
   length = jnp.sum(mask.astype(jnp.int32), axis=1)
   return logits, PromptCache(cache["k"], cache["v"], cache["valid"], length)
 
@@ -149,4 +147,4 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
   gen = GenCache(jax.lax.dynamic_update_slice_in_dim(gen.k, new_k[:, None], step, axis=1),
                  jax.lax.dynamic_update_slice_in_dim(gen.v, new_v[:, None], step, axis=1))
   x = _rms_norm(x, params["final_norm"]["scale"], cfg.rms_norm_eps)
-  return lm_head(cfg, params, x[:, 0]), gen
+  return output_logits(cfg, params, x[:, 0]), gen

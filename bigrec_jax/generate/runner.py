@@ -45,6 +45,7 @@ class GenerateOptions:
   constrained: bool = False  # only catalog titles (needs titles)
   stop_at_closing_quote: bool = False  # end a hypothesis at its 2nd `"` like EOS (beyond paper)
   bucket_multiple: int = 32
+  share_prompt_prefix: bool = True  # run the instruction all prompts open with once per batch
   max_prompt_len: int = 0  # 0: the model's context minus max_new_tokens
   truncate_long_prompts: bool = False  # drop the oldest tokens with a warning instead of failing
   progress: bool = True
@@ -150,6 +151,8 @@ class Generator:
     data = tokenize_lib.Tokenized.from_lists([list(x) for x in prompt_ids],
                                              [[0] * len(x) for x in prompt_ids])
     results: list[Any] = [None] * len(prompt_ids)
+    prefix_len = (tokenize_lib.shared_prefix_length(data) if self.options.share_prompt_prefix
+                  else 0)
     start, stop = parallel.process_share(self.batch_size)
     show = self.options.progress and parallel.is_main_process()
     for length, indices in tqdm(self.plan([len(x) for x in prompt_ids]), desc=desc,
@@ -160,7 +163,8 @@ class Generator:
       batch = parallel.global_batch_from_local(
           {"ids": local["input_ids"], "mask": local["attention_mask"]}, self.mesh)
       out = beam_search.search(self.config, self.search_config, self.model.params, batch["ids"],
-                               batch["mask"], self.trie, self.quote_counts)
+                               batch["mask"], self.trie, self.quote_counts,
+                               prefix_len=prefix_len)
       tokens, scores, lengths = (_to_host(x) for x in out)
       for b, i in enumerate(indices):
         if i >= 0:

@@ -134,6 +134,76 @@ def forward(config: LlamaConfig, params, input_ids, attention_mask, *, lora=None
                       deterministic=dropout_rng is None, output=output, rngs=rngs)
 
 
+def output_logits(config: LlamaConfig, params, hidden: Array) -> Array:
+  """float32 logits from final-norm hidden states (tied embeddings or a separate lm_head)."""
+  dt = config.compute_dtype
+  if config.tie_word_embeddings:
+    return jnp.dot(hidden.astype(dt), params["embed"].astype(dt).T,
+                   preferred_element_type=jnp.float32)
+  return jnp.dot(hidden.astype(dt), params["lm_head"].astype(dt),
+                 preferred_element_type=jnp.float32)
+
+
+def prefix_then_suffix(config: LlamaConfig, params, input_ids, attention_mask, prefix_len: int, *,
+                       lora=None, lora_config: LoraConfig | None = None, dropout_rng=None):
+  """Runs a batch whose rows all begin with the same `prefix_len` real tokens, the prefix once.
+
+  Every BIGRec prompt opens with the same instruction (~72 of SmolLM2's ~150 prompt tokens), so
+  the prefix is computed at batch 1 and its K/V broadcast to the rows. Layout of the returned
+  cache [L, B, P + S, ...]: slots [0, P) the prefix, then each row's remaining tokens left-padded
+  (input_ids[:, P:] under attention_mask[:, :S]: with left padding that is exactly the row's
+  tail). Attention does not care where padding sits, and positions come from the valid slots,
+  so every real token sees the same keys at the same positions as in `forward`. Gradients reach
+  the prefix through the broadcast (summed over rows). With dropout, the prefix's LoRA dropout
+  mask is drawn once for the batch (the rows share that computation).
+
+  Every row with any real token must have more than `prefix_len` of them (tokenize.
+  shared_prefix_length guarantees it); all-padding filler rows are allowed.
+  Returns (prefix hidden [1, P, D], suffix hidden [B, S, D], cache after the suffix).
+  """
+  b, t = input_ids.shape
+  p, s = prefix_len, t - prefix_len
+  if not 0 < p < t:
+    raise ValueError(f"prefix_len {p} must be in (0, {t})")
+  input_ids, mask = jnp.asarray(input_ids), jnp.asarray(attention_mask, jnp.int32)
+  lengths = jnp.sum(mask, axis=1)
+  longest = jnp.argmax(lengths)  # a real row (row 0 may be filler)
+  prefix_ids = jax.lax.dynamic_slice_in_dim(input_ids[longest], t - lengths[longest], p)[None]
+  rngs = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))
+  kw = dict(lora=lora, lora_config=lora_config, output="hidden")
+  prefix_hidden, cache = forward(config, params, prefix_ids, jnp.ones((1, p), jnp.int32),
+                                 cache=init_cache(config, 1, p), dropout_rng=rngs[0], **kw)
+  grow = lambda x: jnp.concatenate(
+      [jnp.broadcast_to(x, x.shape[:1] + (b,) + x.shape[2:]),
+       jnp.zeros(x.shape[:1] + (b, s) + x.shape[3:], x.dtype)], axis=2)
+  cache = {"k": grow(cache["k"]), "v": grow(cache["v"]),
+           "valid": jnp.arange(t)[None, :] < p * jnp.ones((b, 1), jnp.int32),
+           "index": jnp.asarray(p, jnp.int32)}
+  suffix_hidden, cache = forward(config, params, input_ids[:, p:], mask[:, :s], cache=cache,
+                                 dropout_rng=rngs[1], **kw)
+  return prefix_hidden, suffix_hidden, cache
+
+
+def forward_shared_prefix(config: LlamaConfig, params, input_ids, attention_mask, prefix_len: int,
+                          *, lora=None, lora_config: LoraConfig | None = None, dropout_rng=None,
+                          output: str = "logits") -> Array:
+  """`forward`'s logits [B, T, V] (or hidden [B, T, D]) in the caller's left-padded layout,
+  computed with `prefix_then_suffix`. Padding positions hold arbitrary values."""
+  prefix_hidden, suffix_hidden, _ = prefix_then_suffix(
+      config, params, input_ids, attention_mask, prefix_len, lora=lora, lora_config=lora_config,
+      dropout_rng=dropout_rng)
+  t, p = input_ids.shape[1], prefix_len
+  start = t - jnp.sum(jnp.asarray(attention_mask, jnp.int32), axis=1, keepdims=True)  # [B, 1]
+  slot = jnp.arange(t)[None, :]
+  from_prefix = jnp.take(prefix_hidden[0], jnp.clip(slot - start, 0, p - 1), axis=0)
+  from_suffix = jnp.take_along_axis(suffix_hidden, jnp.clip(slot - p, 0, t - p - 1)[..., None],
+                                    axis=1)
+  hidden = jnp.where((slot - start < p)[..., None], from_prefix, from_suffix)
+  if output == "hidden":
+    return hidden
+  return output_logits(config, params, hidden)
+
+
 def last_hidden_state(config: LlamaConfig, params, input_ids, attention_mask) -> Array:
   """[B, D] hidden state after the final norm at the last position (left padding: last real)."""
   hidden, _ = forward(config, params, input_ids, attention_mask, output="hidden")

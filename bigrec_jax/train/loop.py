@@ -296,10 +296,12 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   # Batches are left-padded, so every label sits in the last `window` columns of its batch.
   span = max(train_data.label_span(), valid_data.label_span() if valid_data is not None else 0)
   window = -(-span // 8) * 8 if span else None
-  train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh,
-                                        loss_chunk_tokens=chunk, label_window=window)
-  eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, loss_chunk_tokens=chunk,
-                                      label_window=window)
+  # Every example opens with the same instruction tokens: run them once per micro-batch.
+  prefix = (tokenize.shared_prefix_length(train_data, valid_data, training=True)
+            if t.get("share_prompt_prefix", True) else 0)
+  step_kw = dict(loss_chunk_tokens=chunk, label_window=window, prefix_len=prefix)
+  train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh, **step_kw)
+  eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, **step_kw)
   state_sh = step_lib.state_shardings(model_config, lora_config, optimizer, mesh)
   lora_sh = step_lib.lora_shardings(model_config, lora_config, mesh)
 

@@ -25,7 +25,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bigrec_jax import parallel
-from bigrec_jax.model import LlamaConfig, LoraConfig, abstract_variables, forward
+from bigrec_jax.model import (LlamaConfig, LoraConfig, abstract_variables, forward,
+                              forward_shared_prefix)
 from bigrec_jax.model import lora as lora_lib
 
 IGNORE_INDEX = -100
@@ -117,25 +118,34 @@ fused_token_ce.defvjp(_fused_fwd, _fused_bwd)
 
 def token_ce_sum(model_config: LlamaConfig, params, lora, lora_config: LoraConfig | None,
                  input_ids, attention_mask, labels, dropout_rng=None, *,
-                 loss_chunk_tokens: int = 1024,
-                 label_window: int | None = None) -> tuple[jax.Array, jax.Array]:
+                 loss_chunk_tokens: int = 1024, label_window: int | None = None,
+                 prefix_len: int = 0) -> tuple[jax.Array, jax.Array]:
   """(sum of token CE over label positions, number of label positions) of one micro-batch.
 
   `loss_chunk_tokens` <= 0 uses plain logits + log_softmax (the reference formulation).
   `label_window`: every label of the batch lies in its last `label_window` positions (left
   padding, loss on the response only), so the output projection + CE run on those alone; with
   SmolLM2's 49k vocabulary that projection is ~20% of a step's FLOPs over the whole prompt.
+  `prefix_len` > 0: every row begins with the same `prefix_len` tokens, run once for the batch
+  (model.forward_shared_prefix; tokenize.shared_prefix_length finds it).
   """
   targets = shift_targets(labels)
   count = jnp.sum(targets >= 0).astype(jnp.float32)
   kw = dict(lora=lora, lora_config=lora_config, dropout_rng=dropout_rng)
+
+  def run(output):
+    if prefix_len > 0:
+      return forward_shared_prefix(model_config, params, input_ids, attention_mask, prefix_len,
+                                   output=output, **kw)
+    return forward(model_config, params, input_ids, attention_mask, output=output, **kw)[0]
+
   if loss_chunk_tokens <= 0:
-    logits, _ = forward(model_config, params, input_ids, attention_mask, **kw)
+    logits = run("logits")
     valid = targets >= 0
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
     return -jnp.sum(jnp.where(valid, picked, 0.0)), count
-  hidden, _ = forward(model_config, params, input_ids, attention_mask, output="hidden", **kw)
+  hidden = run("hidden")
   weight, vocab_major = _output_weight(model_config, params)
   b, t = input_ids.shape
   if label_window is not None and 0 < label_window < t:
@@ -198,7 +208,8 @@ def batch_spec_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
                     optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                    loss_chunk_tokens: int = 1024, label_window: int | None = None):
+                    loss_chunk_tokens: int = 1024, label_window: int | None = None,
+                    prefix_len: int = 0):
   """Returns `step(state, params, batch) -> (state, metrics)`, jitted with explicit shardings.
 
   batch: {"input_ids", "attention_mask", "labels"} int32 [rows, accum, T] with rows sharded
@@ -215,7 +226,7 @@ def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
     return token_ce_sum(model_config, params, lora, lora_config, micro["input_ids"],
                         micro["attention_mask"], micro["labels"],
                         rng if use_dropout else None, loss_chunk_tokens=loss_chunk_tokens,
-                        label_window=label_window)
+                        label_window=label_window, prefix_len=prefix_len)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -254,7 +265,8 @@ def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
 
 
 def make_eval_step(model_config: LlamaConfig, lora_config: LoraConfig, mesh: Mesh, *,
-                   loss_chunk_tokens: int = 1024, label_window: int | None = None):
+                   loss_chunk_tokens: int = 1024, label_window: int | None = None,
+                   prefix_len: int = 0):
   """Returns `eval_step(params, lora, batch) -> {"ce_sum", "label_tokens"}` (no dropout).
 
   batch arrays are [rows, T]; sums let the caller form the exact token mean over a dataset.
@@ -267,7 +279,8 @@ def make_eval_step(model_config: LlamaConfig, lora_config: LoraConfig, mesh: Mes
   def evaluate(params, lora, batch):
     ce, count = token_ce_sum(model_config, params, lora, lora_config, batch["input_ids"],
                              batch["attention_mask"], batch["labels"],
-                             loss_chunk_tokens=loss_chunk_tokens, label_window=label_window)
+                             loss_chunk_tokens=loss_chunk_tokens, label_window=label_window,
+                             prefix_len=prefix_len)
     return {"ce_sum": ce, "label_tokens": count}
 
   return jax.jit(evaluate, in_shardings=(params_sh, lora_sh, batch_sh), out_shardings=rep)

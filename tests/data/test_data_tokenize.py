@@ -70,6 +70,32 @@ def test_cutoff_truncates_and_drops_eos(smollm2_tokenizer):
   assert (labels == IGNORE_INDEX).all()
 
 
+def test_shared_prefix_length():
+  make = lambda *seqs: tokenize.Tokenized.from_lists(seqs, seqs)
+  assert tokenize.shared_prefix_length(make([5, 6, 7, 8], [5, 6, 7, 9, 9], [5, 6, 7, 1])) == 3
+  # Every example keeps at least one token after the prefix.
+  assert tokenize.shared_prefix_length(make([5, 6, 7, 8], [5, 6, 7])) == 2
+  assert tokenize.shared_prefix_length(make([5, 6], [4, 6])) == 0
+  assert tokenize.shared_prefix_length(make([5])) == 0
+  # Over several datasets (train and valid); empty or missing ones are skipped.
+  assert tokenize.shared_prefix_length(make([1, 2, 3, 4]), None, make([1, 2, 9])) == 2
+  assert tokenize.shared_prefix_length(make(), None) == 0
+
+
+def test_real_prompts_share_the_instruction(smollm2_tokenizer):
+  """Every movie prompt opens with the same instruction tokens (run once per batch); a mixed
+  movie + game set shares less of it."""
+  tok = smollm2_tokenizer
+  movies = tokenize.tokenize_rows(tok, ROWS[:2], train_on_inputs=False)
+  shared = tokenize.shared_prefix_length(movies)
+  text = tok.decode(movies.example(0)[0][:shared])
+  assert text.startswith("Below is an instruction") and "### Input:" in text
+  assert text.endswith('watched the following movies before:"')
+  mixed = tokenize.shared_prefix_length(tokenize.tokenize_rows(tok, ROWS))
+  assert 0 < mixed < shared
+  assert "### Instruction:" in tok.decode(movies.example(0)[0][:mixed])
+
+
 def test_generation_prompts_left_padded(smollm2_tokenizer):
   tok = smollm2_tokenizer
   data = tokenize.tokenize_prompts(tok, ROWS)

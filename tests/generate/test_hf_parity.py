@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from bigrec_jax.data import prompts
+from bigrec_jax.data.tokenize import Tokenized, shared_prefix_length
 from bigrec_jax.generate import GenerateOptions, Generator, beam_search
 
 
@@ -37,10 +38,14 @@ def test_greedy_equals_transformers_token_for_token(smollm2, hf_smollm2, real_ro
   ref_tokens = ref.sequences[:, enc["input_ids"].shape[1]:].numpy()
   sc = beam_search.SearchConfig(num_beams=1, num_return_sequences=1, max_new_tokens=new,
                                 eos_token_id=2, pad_token_id=0)
-  out = beam_search.search(smollm2.config, sc, smollm2.params, enc["input_ids"],
-                           enc["attention_mask"])
-  ours = np.asarray(out.tokens)[:, 0, :ref_tokens.shape[1]]
-  np.testing.assert_array_equal(ours, ref_tokens)
+  ids, mask = enc["input_ids"], enc["attention_mask"]
+  prefix_len = shared_prefix_length(Tokenized.from_lists(
+      [ids[r][mask[r] == 1] for r in range(len(ids))], [[0]] * len(ids)))
+  assert prefix_len > 40  # the instruction every prompt opens with
+  for shared in (0, prefix_len):  # the prompts' shared instruction prefilled per row / once
+    out = beam_search.search(smollm2.config, sc, smollm2.params, ids, mask, prefix_len=shared)
+    ours = np.asarray(out.tokens)[:, 0, :ref_tokens.shape[1]]
+    np.testing.assert_array_equal(ours, ref_tokens)
 
 
 def test_beam_search_agrees_with_transformers_on_eight_prompts(smollm2, hf_smollm2, real_rows):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bigrec_jax.model import LlamaConfig, forward, init_cache, load_model
+from bigrec_jax.data.tokenize import Tokenized, shared_prefix_length
+from bigrec_jax.model import LlamaConfig, forward, forward_shared_prefix, init_cache, load_model
 
 
 def _hf_outputs(hf_model, ids, mask):
@@ -30,6 +31,12 @@ def test_smollm2_logits_and_hidden_match_transformers(smollm2, hf_smollm2, bigre
   real = mask.astype(bool)
   assert np.abs(np.asarray(logits)[real] - ref_logits[real]).max() <= 1e-3
   assert np.abs(np.asarray(hidden)[real] - ref_hidden[real]).max() <= 1e-3
+  # The shared instruction run once for the batch (training and generation do this).
+  prefix_len = shared_prefix_length(Tokenized.from_lists(
+      [ids[r][mask[r] == 1] for r in range(len(ids))], [[0]] * len(ids)))
+  assert prefix_len > 40
+  shared = forward_shared_prefix(smollm2.config, smollm2.params, ids, mask, prefix_len)
+  assert np.abs(np.asarray(shared)[real] - ref_logits[real]).max() <= 1e-3
 
 
 def test_kv_cache_decoding_matches_full_forward(smollm2, bigrec_prompts):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bigrec_jax import parallel
-from bigrec_jax.data.tokenize import pad_examples
-from bigrec_jax.model import LoraConfig, forward, lora as lora_lib
+from bigrec_jax.data.tokenize import Tokenized, pad_examples, shared_prefix_length
+from bigrec_jax.model import LoraConfig, forward, forward_shared_prefix, lora as lora_lib
 from bigrec_jax.train import optimizer as opt_lib
 from bigrec_jax.train import step as step_lib
 from train_tiny import tiny_model, token_set
@@ -123,6 +123,47 @@ def test_label_window_gives_the_same_loss_and_gradient(tiny):
   # A window one column too short drops the first label of the longest response.
   (_, (ce_short, _)), _ = value_and_grad(lora, span - 1)
   assert float(ce_short) < float(ce_all)
+
+
+def test_shared_prefix_gives_the_same_loss_and_gradient(tiny):
+  """Rows opening with the same tokens, loss on the responses: running that prefix once
+  (forward_shared_prefix) gives the loss and LoRA gradient of the plain forward (with the label
+  window), filler rows (one all padding) included. With whole-row labels the trainer does not
+  share (a padding position predicts each row's first token there)."""
+  lc = NO_DROPOUT
+  lora = _nonzero_lora(tiny, lc)
+  rest = token_set(3, seed=7, min_len=4, max_len=20)
+  prefix = [11, 12, 13, 14, 15, 16, 17]
+  ids = [prefix + rest.example(i)[0].tolist() for i in range(3)]
+  data = Tokenized.from_lists(ids, [[-100] * (len(x) - 4) + x[-4:] for x in ids])
+  assert shared_prefix_length(data, training=True) == len(prefix)
+  whole_rows = Tokenized.from_lists(ids, ids)
+  assert shared_prefix_length(whole_rows) == len(prefix)
+  assert shared_prefix_length(whole_rows, training=True) == 0
+  b = pad_examples(data, [0, 1, 2, -1, -1], 32)  # rows 3, 4: fillers (copies of row 0)
+  b["attention_mask"][4] = 0  # row 4: all padding
+  assert (b["attention_mask"][:3, 0] == 0).all() and (b["labels"][3:] == -100).all()
+  window = data.label_span()
+
+  def loss(lora, prefix_len):
+    ce, n = step_lib.token_ce_sum(tiny.config, tiny.params, lora, lc, b["input_ids"],
+                                  b["attention_mask"], b["labels"], loss_chunk_tokens=16,
+                                  label_window=window, prefix_len=prefix_len)
+    return ce / n, (ce, n)
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, (ce_plain, n_plain)), g_plain = value_and_grad(lora, 0)
+  (_, (ce_shared, n_shared)), g_shared = value_and_grad(lora, len(prefix))
+  assert int(n_plain) == int(n_shared)
+  np.testing.assert_allclose(float(ce_shared), float(ce_plain), rtol=1e-5)
+  for a, s in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_shared)):
+    np.testing.assert_allclose(np.asarray(s), np.asarray(a), rtol=1e-4, atol=1e-7)
+  hidden = forward_shared_prefix(tiny.config, tiny.params, b["input_ids"], b["attention_mask"],
+                                 len(prefix), lora=lora, lora_config=lc, output="hidden")
+  plain, _ = forward(tiny.config, tiny.params, b["input_ids"], b["attention_mask"], lora=lora,
+                     lora_config=lc, output="hidden")
+  real = b["attention_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(hidden)[real], np.asarray(plain)[real], atol=1e-5)
 
 
 def test_fused_ce_untied_output_head():
