@@ -143,7 +143,8 @@ def generate_stage(config, paths: Paths) -> dict:
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
        for split in splits], options, model_path=config.model.path or None,
       adapter=os.path.join(paths.train, "adapter"), items=os.path.join(paths.data, "items.tsv"),
-      dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape))
+      dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
+      matmul_dtype=config.model.get("matmul_dtype", ""))
   return dict(zip(splits, summaries))
 
 

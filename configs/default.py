@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.path = ""
   c.model.dtype = "float32"  # compute dtype; bfloat16 on GPU/TPU
   c.model.param_dtype = "float32"
+  # Operands of the base-weight matmuls ("" = dtype), accumulated in float32; "bfloat16" with
+  # float32 activations runs them on AMX on recent Xeon CPUs (~1.7x per training step here).
+  c.model.matmul_dtype = ""
   c.model.remat = False
 
   c.lora = ml_collections.ConfigDict()

@@ -46,6 +46,9 @@ _MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 0, "Longest prompt in token
 _TRUNCATE = flags.DEFINE_boolean("truncate_long_prompts", False, "Drop the oldest tokens of a "
                                  "too long prompt with a warning instead of failing.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_MATMUL_DTYPE = flags.DEFINE_enum("matmul_dtype", "", ["", "float32", "bfloat16"], "Operands of "
+                                  "the weight matmuls ('' = --dtype), accumulated in float32; "
+                                  "bfloat16 runs them on AMX on recent Xeon CPUs.")
 _MESH = flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "Mesh (data, fsdp, tensor).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar over batches.")
 _INIT_DISTRIBUTED = cli.define_multihost_flags()
@@ -73,7 +76,7 @@ def main(argv: list[str]) -> None:
       progress=_PROGRESS.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
                 adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
-                mesh_shape=mesh_shape)
+                mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value)
   if parallel.is_main_process():
     logging.info("generation summary: %s", summary)
     print(f"wrote {summary['rows']} rows to {summary['output']} "

@@ -43,6 +43,9 @@ def test_tiny_pipeline_writes_a_complete_report(tiny_run):
   preds = json.load(open(os.path.join(workdir, "predictions", "test.json")))
   assert len(preds) == 16 and all(len(p["predict"]) == 4 for p in preds)
   assert os.path.exists(os.path.join(workdir, "train", "adapter", "adapter_model.safetensors"))
+  # Response-only loss: the instruction every prompt opens with ran once per micro-batch.
+  summary = json.load(open(os.path.join(workdir, "train", "train_summary.json")))
+  assert summary["shared_prefix_tokens"] > 40
   assert not glob.glob(os.path.join(workdir, "**", "*.tmp"), recursive=True)
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from bigrec_jax.model import forward, init_cache, output_logits, prefix_then_suffix
 from bigrec_jax.model.config import LlamaConfig
-from bigrec_jax.model.layers import apply_rope, rope_tables
+from bigrec_jax.model.layers import apply_rope, matmul, rope_tables
 
 Array = jax.Array
 
@@ -73,8 +73,8 @@ def _rms_norm(x: Array, scale: Array, eps: float) -> Array:
   return (scale.astype(jnp.float32) * y).astype(x.dtype)
 
 
-def _proj(layer: dict, name: str, x: Array, dt) -> Array:
-  y = jnp.dot(x, layer[name]["kernel"].astype(dt))
+def _proj(layer: dict, name: str, x: Array, dt, mm_dt=None) -> Array:
+  y = matmul(x.astype(dt), layer[name]["kernel"], mm_dt)
   if "bias" in layer[name]:
     y = y + layer[name]["bias"].astype(dt)
   return y
@@ -96,6 +96,7 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
   t_max = gen.k.shape[1]
   kvh, hd = cfg.num_kv_heads, cfg.head_dim
   groups = cfg.num_heads // kvh
+  mm_dt = cfg.projection_dtype
 
   positions = (jnp.repeat(prompt.length, k_beams) + step)[:, None]  # [N, 1]
   cos, sin = rope_tables(cfg, positions)
@@ -109,9 +110,9 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
   def layer_fn(x, xs):
     layer, pk, pv, gk, gv = xs
     h = _rms_norm(x, layer["input_norm"]["scale"], cfg.rms_norm_eps)
-    q = _proj(layer, "q_proj", h, dt).reshape(n, 1, cfg.num_heads, hd)
-    k = _proj(layer, "k_proj", h, dt).reshape(n, 1, kvh, hd)
-    v = _proj(layer, "v_proj", h, dt).reshape(n, 1, kvh, hd)
+    q = _proj(layer, "q_proj", h, dt, mm_dt).reshape(n, 1, cfg.num_heads, hd)
+    k = _proj(layer, "k_proj", h, dt, mm_dt).reshape(n, 1, kvh, hd)
+    v = _proj(layer, "v_proj", h, dt, mm_dt).reshape(n, 1, kvh, hd)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k, v = k[:, 0].astype(gk.dtype), v[:, 0].astype(gv.dtype)  # [N, KVH, hd]
     # This step's K/V join the beam's history at slot (step, n): ancestors[:, step] == arange(N).
@@ -135,10 +136,11 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
     probs_g = probs[..., p:].transpose(0, 3, 1, 2, 4).reshape(n, kvh, groups, t_max)
     out_g = jnp.einsum("nkgt,ntkd->nkgd", probs_g, hist_v)
     a = (out_p.reshape(n, kvh, groups, hd) + out_g).reshape(n, 1, cfg.num_heads * hd)
-    x = x + _proj(layer, "o_proj", a, dt)
+    x = x + _proj(layer, "o_proj", a, dt, mm_dt)
     h = _rms_norm(x, layer["post_norm"]["scale"], cfg.rms_norm_eps)
-    mlp = jax.nn.silu(_proj(layer, "gate_proj", h, dt)) * _proj(layer, "up_proj", h, dt)
-    x = x + _proj(layer, "down_proj", mlp, dt)
+    gate = _proj(layer, "gate_proj", h, dt, mm_dt)
+    mlp = jax.nn.silu(gate) * _proj(layer, "up_proj", h, dt, mm_dt)
+    x = x + _proj(layer, "down_proj", mlp, dt, mm_dt)
     return x, (k, v)
 
   x, (new_k, new_v) = jax.lax.scan(layer_fn, x, (params["layers"], prompt.k, prompt.v,

@@ -253,11 +253,12 @@ def resolve_adapter(path: str) -> str:
 
 
 def load_merged_model(model_path: str | None = None, adapter: str | None = None, *,
-                      dtype: str = "float32", mesh=None):
+                      dtype: str = "float32", mesh=None, matmul_dtype: str = ""):
   """The base model with the adapter (if any) merged into its weights, for fast decoding."""
   from bigrec_jax.model import load_model, lora
 
-  model = load_model(model_path or None, dtype=dtype, param_dtype=dtype, mesh=mesh)
+  model = load_model(model_path or None, dtype=dtype, param_dtype=dtype, mesh=mesh,
+                     matmul_dtype=matmul_dtype)
   if adapter:
     adapter_tree, lora_config = lora.import_peft(resolve_adapter(adapter), model.config)
     model.params = jax.jit(lora.merge, static_argnums=2)(model.params, adapter_tree, lora_config)
@@ -292,8 +293,8 @@ def run(input_path: str, output_path: str, options: GenerateOptions, **kw) -> di
 
 def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
               model_path: str | None = None, adapter: str | None = None, items: str | None = None,
-              dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1)
-              ) -> list[dict[str, Any]]:
+              dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1),
+              matmul_dtype: str = "") -> list[dict[str, Any]]:
   """`run` for several (input, output) files with one model load, merge and trie build."""
   import time
 
@@ -309,7 +310,7 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
   if options.constrained and not titles:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
   mesh = parallel.make_mesh(mesh_shape)
-  model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh)
+  model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype)
   generator = Generator(model, options, titles=titles, mesh=mesh)
   catalog = None if titles is None else set(titles)
   summaries = []

@@ -31,6 +31,9 @@ class LlamaConfig:
   pad_token_id: int = 0
   dtype: str = "float32"  # compute dtype (bfloat16 on GPU/TPU)
   param_dtype: str = "float32"
+  # Operands of the base-weight products ("" = dtype), accumulated in float32. "bfloat16" with
+  # float32 activations runs those products on AMX on recent Xeon CPUs (layers.matmul).
+  matmul_dtype: str = ""
   remat: bool = False  # rematerialise each decoder block in the backward pass
   # Without a KV cache (training, embedding), queries are processed in blocks of this many
   # positions that attend only to keys up to their block's end: causal attention without the
@@ -41,6 +44,11 @@ class LlamaConfig:
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
+
+  @property
+  def projection_dtype(self):
+    """dtype of the base-weight matmul operands, or None for the compute dtype."""
+    return jnp.dtype(self.matmul_dtype) if self.matmul_dtype else None
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any] | None:

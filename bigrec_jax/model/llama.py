@@ -30,7 +30,7 @@ class DecoderBlock(nn.Module):
     cfg = self.config
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     proj = lambda n, f, axes, bias=False: Projection(
-        f, axes, bias, self.lora, dt, pdt, name=n)
+        f, axes, bias, self.lora, dt, pdt, cfg.projection_dtype, name=n)
     b, t, _ = x.shape
     h = RMSNorm(cfg.rms_norm_eps, pdt, name="input_norm")(x)
     q = proj("q_proj", cfg.num_heads * cfg.head_dim, ("embed", "q_proj"), cfg.attention_bias)(

@@ -42,8 +42,10 @@ class LoadedModel:
 
 
 def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: str = "float32",
-               mesh=None, remat: bool = False) -> LoadedModel:
-  """Loads a GGUF file or an HF directory (None: the embedded SmolLM2-135M-Instruct GGUF)."""
+               mesh=None, remat: bool = False, matmul_dtype: str = "") -> LoadedModel:
+  """Loads a GGUF file or an HF directory (None: the embedded SmolLM2-135M-Instruct GGUF).
+
+  matmul_dtype: operands of the base-weight products ("" = dtype; see LlamaConfig)."""
   path = path or assets.smollm2_gguf()
   if not os.path.exists(path):
     raise UserError(f"{path}: model not found (expected a .gguf file or an HF directory with "
@@ -60,7 +62,8 @@ def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: 
   with open(config_path) as f:
     hf_config = json.load(f)
   try:
-    config = LlamaConfig.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    config = LlamaConfig.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                                 matmul_dtype=matmul_dtype)
   except (KeyError, ValueError) as e:
     raise UserError(f"{config_path}: {e}") from None
   reader = _SafetensorsDir(hf_dir)

@@ -109,6 +109,9 @@ def validate_config(config, *, need_data: bool = True, check_devices: bool = Tru
     if config.model[name] not in _DTYPES:
       raise UserError(f"--config.model.{name} must be one of {_DTYPES}, got "
                       f"{config.model[name]!r}")
+  if config.model.get("matmul_dtype", "") not in ("",) + _DTYPES:
+    raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
+                    f"{config.model.matmul_dtype!r}")
   if config.model.path and not os.path.exists(config.model.path):
     raise UserError(f"--config.model.path {config.model.path}: not found (a .gguf file or an HF "
                     "directory)")
@@ -266,7 +269,8 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   lora_config = lora_config_of(config)
   if model is None:
     model = load_model(config.model.path or None, dtype=config.model.dtype,
-                       param_dtype=config.model.param_dtype, mesh=mesh, remat=config.model.remat)
+                       param_dtype=config.model.param_dtype, mesh=mesh, remat=config.model.remat,
+                       matmul_dtype=config.model.get("matmul_dtype", ""))
   model_config = model.config
   params = jax.device_put(model.params, step_lib.param_shardings(model_config, mesh))
   if train_data is None:
@@ -297,7 +301,9 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   span = max(train_data.label_span(), valid_data.label_span() if valid_data is not None else 0)
   window = -(-span // 8) * 8 if span else None
   # Every example opens with the same instruction tokens: run them once per micro-batch.
-  prefix = (tokenize.shared_prefix_length(train_data, valid_data, training=True)
+  from bigrec_jax.data.tokenize import shared_prefix_length
+
+  prefix = (shared_prefix_length(train_data, valid_data, training=True)
             if t.get("share_prompt_prefix", True) else 0)
   step_kw = dict(loss_chunk_tokens=chunk, label_window=window, prefix_len=prefix)
   train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh, **step_kw)
@@ -421,7 +427,8 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
              "best_val_loss": meta["best_val_loss"], "best_step": meta["best_step"],
              "history": meta["history"], "adapter": adapter_dir,
              "train_examples": len(train_data),
-             "valid_examples": len(valid_data) if valid_data is not None else 0}
+             "valid_examples": len(valid_data) if valid_data is not None else 0,
+             "shared_prefix_tokens": prefix}
   if parallel.is_main_process():
     files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   return summary

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigrec_jax.model.layers import attention, dropout, lora_delta
+from bigrec_jax.model.layers import attention, dropout, lora_delta, matmul
 
 
 def _naive_attention(q, k, v, query_slots, key_valid):
@@ -58,6 +58,26 @@ def test_lora_delta_value_and_gradients_match_autodiff():
   np.testing.assert_allclose(ours(h, a, b), plain(h, a, b), rtol=1e-6)
   for g, r in zip(jax.grad(ours, (0, 1, 2))(h, a, b), jax.grad(plain, (0, 1, 2))(h, a, b)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("operand_dtype", [None, jnp.bfloat16])
+def test_matmul_value_and_gradients_match_autodiff(operand_dtype):
+  """layers.matmul (base-weight products): plain x @ w in float32; with bfloat16 operands the
+  autodiff of the same cast-then-dot expression, forward and both gradients."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 5, 12)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(12, 7)), jnp.float32)
+  c = jnp.asarray(rng.normal(size=(2, 5, 7)), jnp.float32)
+  dt = operand_dtype or jnp.float32
+  ours = lambda x, w: jnp.sum(matmul(x, w, operand_dtype) * c)
+  plain = lambda x, w: jnp.sum(jnp.dot(x.astype(dt), w.astype(dt),
+                                       preferred_element_type=jnp.float32) * c)
+  np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5)
+  tol = 1e-5 if operand_dtype is None else 2e-2  # the backward casts the cotangent too
+  for g, r in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(plain, (0, 1))(x, w)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=tol, atol=tol * 10)
+  if operand_dtype is None:  # float32: exactly x @ w
+    np.testing.assert_allclose(np.asarray(matmul(x, w)), np.asarray(x @ w), rtol=1e-6)
 
 
 def test_dropout_rate_scale_and_key_dependence():

@@ -39,6 +39,23 @@ def test_smollm2_logits_and_hidden_match_transformers(smollm2, hf_smollm2, bigre
   assert np.abs(np.asarray(shared)[real] - ref_logits[real]).max() <= 1e-3
 
 
+def test_bfloat16_matmuls_stay_close_to_transformers(hf_smollm2, bigrec_prompts):
+  """matmul_dtype=bfloat16 (float32 activations, bfloat16 weight-matmul operands, the CPU speed
+  option): next-token choices equal the float32 reference's, log-probs within 0.5."""
+  model = load_model(matmul_dtype="bfloat16")
+  assert model.config.projection_dtype == jnp.bfloat16
+  enc = model.tokenizer(bigrec_prompts[:3], return_tensors="np", padding=True)
+  ids, mask = enc["input_ids"], enc["attention_mask"]
+  logits, _ = forward(model.config, model.params, ids, mask)
+  ref_logits, _ = _hf_outputs(hf_smollm2, ids, mask)
+  real = mask.astype(bool)
+  ours, ref = np.asarray(logits)[real], ref_logits[real]
+  assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.98
+  logp = lambda x: x - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1, keepdims=True)) \
+      - x.max(-1, keepdims=True)
+  assert np.abs(logp(ours) - logp(ref)).max() < 0.5
+
+
 def test_kv_cache_decoding_matches_full_forward(smollm2, bigrec_prompts):
   cfg, params = smollm2.config, smollm2.params
   enc = smollm2.tokenizer(bigrec_prompts[1:3], return_tensors="np", padding=True)

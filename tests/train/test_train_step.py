@@ -166,6 +166,27 @@ def test_shared_prefix_gives_the_same_loss_and_gradient(tiny):
   np.testing.assert_allclose(np.asarray(hidden)[real], np.asarray(plain)[real], atol=1e-5)
 
 
+def test_bfloat16_matmuls_give_close_loss_and_gradient(tiny):
+  """model.matmul_dtype=bfloat16 (the CPU speed option): loss and LoRA gradient within bfloat16
+  rounding of float32's."""
+  lc = NO_DROPOUT
+  lora = _nonzero_lora(tiny, lc)
+  b = _batch()
+
+  def loss(lora, config):
+    ce, n = step_lib.token_ce_sum(config, tiny.params, lora, lc, b["input_ids"],
+                                  b["attention_mask"], b["labels"], loss_chunk_tokens=16)
+    return ce / n
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  v32, g32 = value_and_grad(lora, tiny.config)
+  v16, g16 = value_and_grad(lora, tiny.config.replace(matmul_dtype="bfloat16"))
+  np.testing.assert_allclose(float(v16), float(v32), rtol=1e-2)
+  for a, c in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    scale = float(jnp.abs(a).max())
+    assert float(jnp.abs(a - c).max()) <= 0.05 * scale + 1e-6
+
+
 def test_fused_ce_untied_output_head():
   model = tiny_model(seed=4, tie_word_embeddings=False)
   lc = LoraConfig(dropout=0.0)
