@@ -103,13 +103,11 @@ class Llama(nn.Module):
       new_cache = {"k": new_kv["k"], "v": new_kv["v"], "valid": key_valid, "index": offset + t}
     if output == "hidden":
       return x, new_cache
-    if cfg.tie_word_embeddings:
-      logits = jnp.dot(x, embed.astype(dt).T, preferred_element_type=jnp.float32)
-    else:
-      head = self.param("lm_head", nn.with_logical_partitioning(
+    weights = {"embed": embed}
+    if not cfg.tie_word_embeddings:
+      weights["lm_head"] = self.param("lm_head", nn.with_logical_partitioning(
           nn.initializers.normal(0.02), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), pdt)
-      logits = jnp.dot(x, head.astype(dt), preferred_element_type=jnp.float32)
-    return logits, new_cache
+    return output_logits(cfg, weights, x), new_cache
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
