@@ -7,11 +7,11 @@
 from bigrec_jax.model.config import LORA_TARGETS, LlamaConfig, LoraConfig
 from bigrec_jax.model.llama import (Llama, abstract_variables, forward, forward_shared_prefix,
                                     init_cache, init_params, last_hidden_state, output_logits,
-                                    prefix_then_suffix)
+                                    output_weight, prefix_then_suffix)
 from bigrec_jax.model.loading import LoadedModel, load_model, load_tokenizer
 from bigrec_jax.model import lora
 
 __all__ = ["LORA_TARGETS", "LlamaConfig", "LoraConfig", "Llama", "abstract_variables", "forward",
-           "forward_shared_prefix", "init_cache", "init_params", "last_hidden_state", "output_logits",
-           "prefix_then_suffix", "LoadedModel", "load_model",
+           "forward_shared_prefix", "init_cache", "init_params", "last_hidden_state",
+           "output_logits", "output_weight", "prefix_then_suffix", "LoadedModel", "load_model",
            "load_tokenizer", "lora"]

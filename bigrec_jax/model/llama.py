@@ -132,13 +132,19 @@ def forward(config: LlamaConfig, params, input_ids, attention_mask, *, lora=None
                       deterministic=dropout_rng is None, output=output, rngs=rngs)
 
 
+def output_weight(config: LlamaConfig, params) -> tuple[Array, bool]:
+  """(weight, vocab_major): the tied embedding [V, D] or the untied lm_head [D, V]."""
+  if config.tie_word_embeddings:
+    return params["embed"], True
+  return params["lm_head"], False
+
+
 def output_logits(config: LlamaConfig, params, hidden: Array) -> Array:
   """float32 logits from final-norm hidden states (tied embeddings or a separate lm_head)."""
   dt = config.compute_dtype
-  if config.tie_word_embeddings:
-    return jnp.dot(hidden.astype(dt), params["embed"].astype(dt).T,
-                   preferred_element_type=jnp.float32)
-  return jnp.dot(hidden.astype(dt), params["lm_head"].astype(dt),
+  weight, vocab_major = output_weight(config, params)
+  weight = weight.astype(dt)
+  return jnp.dot(hidden.astype(dt), weight.T if vocab_major else weight,
                  preferred_element_type=jnp.float32)
 
 

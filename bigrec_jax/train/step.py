@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bigrec_jax import parallel
 from bigrec_jax.model import (LlamaConfig, LoraConfig, abstract_variables, forward,
-                              forward_shared_prefix)
+                              forward_shared_prefix, output_weight)
 from bigrec_jax.model import lora as lora_lib
 
 IGNORE_INDEX = -100
@@ -45,13 +45,6 @@ def shift_targets(labels: jax.Array) -> jax.Array:
   """Position t is trained to predict labels[t + 1]; the last position predicts nothing."""
   pad = jnp.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)
   return jnp.concatenate([labels[:, 1:], pad], axis=1)
-
-
-def _output_weight(config: LlamaConfig, params) -> tuple[jax.Array, bool]:
-  """(weight, vocab_major): the tied embedding [V, D] or the untied lm_head [D, V]."""
-  if config.tie_word_embeddings:
-    return params["embed"], True
-  return params["lm_head"], False
 
 
 def _chunk_len(t: int, batch: int, chunk_tokens: int) -> int:
@@ -146,7 +139,7 @@ def token_ce_sum(model_config: LlamaConfig, params, lora, lora_config: LoraConfi
     picked = jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
     return -jnp.sum(jnp.where(valid, picked, 0.0)), count
   hidden = run("hidden")
-  weight, vocab_major = _output_weight(model_config, params)
+  weight, vocab_major = output_weight(model_config, params)
   b, t = input_ids.shape
   if label_window is not None and 0 < label_window < t:
     hidden, targets, t = hidden[:, t - label_window:], targets[:, t - label_window:], label_window
