@@ -32,8 +32,12 @@ _BUDGET = flags.DEFINE_float("budget_s", 120.0, "Seconds of timed runs per case;
 _ISOLATE = flags.DEFINE_enum("isolate", None, ["side", "task", "case"], "One worker process per "
                              "side, per (side, task) or per (side, case). Default: side with "
                              "--quick, else task.")
-_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
-                           "Compute dtype of both sides; auto: bfloat16 on GPU, float32 on CPU.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16", "bfloat16_matmul"],
+                           "Compute dtype of both sides; auto: bfloat16 on GPU, float32 on CPU. "
+                           "bfloat16_matmul: float32 weights and activations with bfloat16 matmul "
+                           "operands (JAX: model.matmul_dtype; torch: autocast to bfloat16), the "
+                           "mixed precision that uses AMX on recent Xeon CPUs; grounding stays "
+                           "float32.")
 _SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "Which sides to run.")
 _TIMEOUT = flags.DEFINE_float("worker_timeout_s", None, "Kill a worker after this long "
                               "(default 600 with --quick, else 3600).")

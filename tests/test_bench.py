@@ -45,6 +45,26 @@ def test_quick_bench_writes_well_formed_json(tmp_path):
   assert "jax/torch" in r.stdout  # the printed table
 
 
+def test_quick_bench_bfloat16_matmul(tmp_path):
+  """--dtype=bfloat16_matmul: float32 models, bfloat16 matmul operands on both sides (JAX's
+  model.matmul_dtype, torch's autocast); the losses stay finite and close to each other."""
+  out = tmp_path / "bench.json"
+  r = _bench("--quick", "--tasks=train,beam", "--dtype=bfloat16_matmul", f"--out={out}")
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  rec = json.loads(out.read_text())
+  assert rec["complete"] is True
+  for side in ("jax", "torch"):
+    assert rec["device"][side]["dtype"] == "bfloat16_matmul"
+  assert rec["model"]["config"]["matmul_dtype"] == "bfloat16"
+  assert rec["model"]["config"]["dtype"] == "float32"
+  for e in rec["tasks"]["train"]:
+    losses = [e[side]["extra"]["loss"] for side in ("jax", "torch")]
+    assert all(0 < x < 20 for x in losses), losses
+    assert abs(losses[0] - losses[1]) < 0.1 * losses[1], losses
+  for e in rec["tasks"]["beam"]:
+    assert all(e[side]["status"] == "ok" for side in ("jax", "torch"))
+
+
 def test_bad_task_is_a_user_error(tmp_path):
   r = _bench("--quick", "--tasks=train,nonsense", f"--out={tmp_path / 'b.json'}", timeout=120)
   assert r.returncode == 2 and "nonsense" in r.stderr

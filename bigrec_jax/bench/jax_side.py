@@ -1,5 +1,6 @@
 """The JAX side of the benchmark: the project's own train step, beam search, text embedding and
-grounding kernel, run in the JAX worker subprocess (bfloat16 on GPU/TPU, float32 on CPU).
+grounding kernel, run in the JAX worker subprocess (bfloat16 on GPU/TPU, float32 on CPU, or
+float32 with bfloat16 matmul operands: `--dtype=bfloat16_matmul`).
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ class JaxSide:
 
     self.backend = jax.default_backend()
     self.accelerated = self.backend != "cpu"
-    if dtype == "auto":
-      dtype = "bfloat16" if self.accelerated else "float32"
-    self.dtype_name = dtype
-    self.model = load_model(model_path, dtype=dtype, param_dtype=dtype)
+    storage, self.matmul_dtype = workloads.precision(dtype, self.accelerated)
+    self.dtype_name = storage if dtype == "auto" else dtype
+    self.model = load_model(model_path, dtype=storage, param_dtype=storage,
+                            matmul_dtype=self.matmul_dtype or "")
 
   # ------------------------------------------------------------------ plumbing
   def info(self) -> dict[str, Any]:
@@ -54,11 +55,14 @@ class JaxSide:
     return measure.available_ram_bytes()
 
   def matmul_peak(self) -> dict[str, Any]:
+    from bigrec_jax.model.layers import matmul
+
     n = 8192 if self.accelerated else 2048
-    dt = jnp.dtype(self.dtype_name)
+    dt = self.model.config.compute_dtype
     a = jax.random.normal(jax.random.key(0), (n, n), dt)
     b = jax.random.normal(jax.random.key(1), (n, n), dt)
-    mm = jax.jit(jnp.dot)
+    # The model's own product (with bfloat16_matmul: bfloat16 operands, float32 accumulation).
+    mm = jax.jit(lambda x, y: matmul(x, y, self.matmul_dtype))
     r = measure.timed(lambda: mm(a, b), self.sync, repeats=5, budget_s=20)
     return {"n": n, "dtype": self.dtype_name, "flops_per_s": 2 * n ** 3 / r["median_s"]}
 

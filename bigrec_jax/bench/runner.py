@@ -26,6 +26,7 @@ SCHEMA = 1
 PRIMARY = {"train": ("tokens_per_s",), "beam": ("prompts_per_s", "new_tokens_per_s"),
            "embed": ("texts_per_s",), "ground": ("queries_per_s",)}
 SIDES = ("jax", "torch")
+DTYPES = workloads.DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class BenchOptions:
   repeats: int = 3
   budget_s: float = 120.0  # per case, timed runs after the warm-up
   isolate: str | None = None  # side | task | case; None: side with quick, else task
-  dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+  dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU; or float32, bfloat16, bfloat16_matmul
   sides: tuple[str, ...] = SIDES
   worker_timeout_s: float | None = None
   platform: str | None = None  # JAX_PLATFORMS for the JAX worker (e.g. cpu)
@@ -55,8 +56,8 @@ def check(o: BenchOptions) -> BenchOptions:
     raise UserError(f"--sides: unknown {bad or 'empty list'}; choose from {','.join(SIDES)}")
   if o.isolate not in (None, "side", "task", "case"):
     raise UserError(f"--isolate={o.isolate!r}: choose side, task or case")
-  if o.dtype not in ("auto", "float32", "bfloat16"):
-    raise UserError(f"--dtype={o.dtype!r}: choose auto, float32 or bfloat16")
+  if o.dtype not in DTYPES:
+    raise UserError(f"--dtype={o.dtype!r}: choose {', '.join(DTYPES)}")
   if o.repeats < 1:
     raise UserError(f"--repeats must be >= 1, got {o.repeats}")
   if o.model and not os.path.exists(o.model):

@@ -4,10 +4,13 @@ torch worker subprocess (torch is a test-only dependency of bigrec_jax).
 transformers LlamaForCausalLM from the same checkpoint (GGUF or HF dir), peft LoraConfig(r=8,
 alpha=16, dropout 0.05, q_proj/v_proj) + torch AdamW (+ HF Trainer's grad-norm clipping and
 linear schedule), HF `generate(num_beams=4, num_return_sequences=4)`, `hidden_states[-1][:, -1]`
-embeddings, `torch.cdist` + argsort grounding. bfloat16 on GPU, float32 on CPU.
+embeddings, `torch.cdist` + argsort grounding. bfloat16 on GPU, float32 on CPU; with
+`--dtype=bfloat16_matmul`, float32 weights under `torch.autocast(dtype=bfloat16)` (grounding
+stays float32).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any
@@ -32,10 +35,9 @@ class TorchSide:
     self.torch = torch
     self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     self.gpu = self.device.type == "cuda"
-    if dtype == "auto":
-      dtype = "bfloat16" if self.gpu else "float32"
-    self.dtype_name = dtype
-    self.dtype = getattr(torch, dtype)
+    storage, self.matmul_dtype = workloads.precision(dtype, self.gpu)
+    self.dtype_name = storage if dtype == "auto" else dtype
+    self.dtype = getattr(torch, storage)
     self.model_path = model_path
     self._model = None
     self._tokenizer = None
@@ -50,6 +52,12 @@ class TorchSide:
       dev.update(name=p.name, memory_bytes=int(p.total_memory))
     return {"device": dev, "versions": measure.package_versions(
         ["torch", "transformers", "peft", "tokenizers", "numpy"])}
+
+  def autocast(self):
+    """The model's mixed precision: autocast to bfloat16 with bfloat16_matmul, else nothing."""
+    if self.matmul_dtype is None:
+      return contextlib.nullcontext()
+    return self.torch.autocast(self.device.type, dtype=getattr(self.torch, self.matmul_dtype))
 
   def sync(self, x):
     if self.gpu:
@@ -73,7 +81,12 @@ class TorchSide:
     n = 8192 if self.gpu else 2048
     a = torch.randn(n, n, device=self.device, dtype=self.dtype)
     b = torch.randn(n, n, device=self.device, dtype=self.dtype)
-    r = measure.timed(lambda: a @ b, self.sync, repeats=5, budget_s=20)
+
+    def run():
+      with self.autocast():
+        return a @ b
+
+    r = measure.timed(run, self.sync, repeats=5, budget_s=20)
     return {"n": n, "dtype": self.dtype_name, "flops_per_s": 2 * n ** 3 / r["median_s"]}
 
   def tokenizer(self):
@@ -127,7 +140,8 @@ class TorchSide:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
 
     def step():
-      loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+      with self.autocast():
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
       loss.backward()
       torch.nn.utils.clip_grad_norm_(trainable, 1.0)  # HF Trainer's max_grad_norm
       opt.step()
@@ -152,7 +166,7 @@ class TorchSide:
     new = p["new_tokens"]
 
     def run():
-      with torch.no_grad():
+      with torch.no_grad(), self.autocast():
         # min_new_tokens=max_new_tokens: every run decodes exactly `new` tokens (no early EOS),
         # the same work on both sides whatever an untrained model predicts.
         return model.generate(**enc, num_beams=p["beams"], num_return_sequences=p["returned"],
@@ -179,7 +193,7 @@ class TorchSide:
     def run():
       out = []
       padded[0] = real[0] = 0
-      with torch.no_grad():
+      with torch.no_grad(), self.autocast():
         for i in range(0, len(titles), bs):
           enc = tok(titles[i:i + bs], return_tensors="pt", padding=True).to(self.device)
           padded[0] += int(enc["input_ids"].numel())

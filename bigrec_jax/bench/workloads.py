@@ -18,6 +18,20 @@ from bigrec_jax.files import UserError, atomic_path, write_json
 
 TASKS = ("train", "beam", "embed", "ground")
 SEED = 0
+DTYPES = ("auto", "float32", "bfloat16", "bfloat16_matmul")
+
+
+def precision(dtype: str, accelerated: bool) -> tuple[str, str | None]:
+  """(weight/activation dtype, matmul operand dtype or None) for a `--dtype` choice.
+
+  auto: bfloat16 on an accelerator, float32 on CPU. bfloat16_matmul: float32 weights and
+  activations, bfloat16 matmul operands (JAX: model.matmul_dtype; torch: autocast).
+  """
+  if dtype == "auto":
+    dtype = "bfloat16" if accelerated else "float32"
+  if dtype == "bfloat16_matmul":
+    return "float32", "bfloat16"
+  return dtype, None
 
 
 @dataclasses.dataclass(frozen=True)
