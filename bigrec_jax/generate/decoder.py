@@ -4,10 +4,12 @@ The model's own `forward(cache=...)` keeps one [L, B, S, ...] cache per sequence
 that would copy every prompt K/V once per beam and move the whole cache through memory at every
 step (the scan over layers reads and rewrites it, and reordering beams gathers it again). Here:
 - the prompt K/V come from one `forward` over the B prompts (not B * beams) and stay read-only;
-- generated K/V live in a small [L, T, N, KVH, hd] buffer (T = max_new_tokens, N = B * beams)
-  written one slot per step, in place;
+- generated K/V live in a small [L, T, N, KVH, hd] buffer (T = max_new_tokens, N = B * beams),
+  one slot written per step;
 - beams are reordered lazily: `ancestors[n, t]` is the slot that holds the K/V of step t for
-  beam n, so "gathering the cache by source beam" costs a [N, T] int gather, not a cache copy.
+  beam n, so "gathering the cache by source beam" costs a [N, T] int gather, not a cache copy;
+- with `matmul_dtype` the projection kernels are cast once per call (`cast_projections`), not
+  at every step.
 The layer math is the model's (layers.apply_rope / rope_tables, same RMSNorm and attention
 numerics); tests check the step against the full-sequence `forward` logits. LoRA must be merged
 into the weights first (`lora.merge`): the step reads plain kernels.
@@ -30,7 +32,8 @@ _NEG = jnp.finfo(jnp.float32).min
 
 
 class PromptCache(NamedTuple):
-  """K/V of the prompts, one per row (not per beam). k, v: [L, B, P, KVH, hd]; valid: [B, P]."""
+  """K/V of the prompts, one per row (not per beam), laid out for the decode step's products:
+  k [L, B, KVH, hd, P] (keys already transposed for q.k), v [L, B, KVH, P, hd]; valid [B, P]."""
   k: Array
   v: Array
   valid: Array
@@ -58,7 +61,23 @@ def prefill(config: LlamaConfig, params, ids: Array, mask: Array, prefix_len: in
                             output="hidden")
   logits = output_logits(config, params, hidden[:, -1])
   length = jnp.sum(mask.astype(jnp.int32), axis=1)
-  return logits, PromptCache(cache["k"], cache["v"], cache["valid"], length)
+  # Transposed once here rather than by every decode step ([L, B, P, KVH, hd] in the model).
+  return logits, PromptCache(cache["k"].transpose(0, 1, 3, 4, 2),
+                             cache["v"].transpose(0, 1, 3, 2, 4), cache["valid"], length)
+
+
+def cast_projections(config: LlamaConfig, params):
+  """params with every layer's projection kernels in `config.matmul_dtype` (if set).
+
+  The decode step would otherwise cast the float32 kernels at every step; cast once before the
+  loop, each step reads bfloat16 kernels: half the bytes, and no convert pass.
+  """
+  dt = config.projection_dtype
+  if dt is None:
+    return params
+  layers = {name: ({**sub, "kernel": sub["kernel"].astype(dt)} if "kernel" in sub else sub)
+            for name, sub in params["layers"].items()}
+  return dict(params, layers=layers)
 
 
 def init_gen_cache(config: LlamaConfig, num_rows: int, max_new_tokens: int) -> GenCache:
@@ -93,22 +112,20 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
   n = tokens.shape[0]
   b, p = prompt.valid.shape
   k_beams = n // b
-  t_max = gen.k.shape[1]
   kvh, hd = cfg.num_kv_heads, cfg.head_dim
   groups = cfg.num_heads // kvh
+  m = k_beams * groups  # queries per (row, KV head) against the prompt
   mm_dt = cfg.projection_dtype
 
   positions = (jnp.repeat(prompt.length, k_beams) + step)[:, None]  # [N, 1]
   cos, sin = rope_tables(cfg, positions)
   x = jnp.take(params["embed"], tokens, axis=0).astype(dt)[:, None, :]  # [N, 1, D]
-  # Generated slots visible at this step: t <= step, read from each beam's ancestor at step t.
-  gen_visible = (jnp.arange(t_max) <= step)[None, :]  # [1, T]
-  slot_rows = jnp.arange(t_max)[None, :]
-  prompt_valid = prompt.valid[:, None, None, None, :]  # [B, 1, 1, 1, P]
+  prompt_valid = prompt.valid[:, None, None, :]  # [B, 1, 1, P]
   scale = 1.0 / math.sqrt(hd)
 
   def layer_fn(x, xs):
-    layer, pk, pv, gk, gv = xs
+    layer, pk, pv, gk, gv = xs  # pk [B, KVH, hd, P], pv [B, KVH, P, hd], gk/gv [T, N, KVH, hd]
+    t_max = gk.shape[0]
     h = _rms_norm(x, layer["input_norm"]["scale"], cfg.rms_norm_eps)
     q = _proj(layer, "q_proj", h, dt, mm_dt).reshape(n, 1, cfg.num_heads, hd)
     k = _proj(layer, "k_proj", h, dt, mm_dt).reshape(n, 1, kvh, hd)
@@ -118,23 +135,26 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
     # This step's K/V join the beam's history at slot (step, n): ancestors[:, step] == arange(N).
     gk = jax.lax.dynamic_update_slice_in_dim(gk, k[None], step, axis=0)
     gv = jax.lax.dynamic_update_slice_in_dim(gv, v[None], step, axis=0)
+    slot_rows = jnp.arange(t_max)[None, :]
     hist_k = gk[slot_rows, ancestors].astype(dt)  # [N, T, KVH, hd]
     hist_v = gv[slot_rows, ancestors].astype(dt)
-    # Prompt part: the K beams of a row are K queries against that row's prompt keys.
-    qb = q.reshape(b, k_beams, kvh, groups, hd)
-    s_prompt = jnp.einsum("bnkgd,bpkd->bkgnp", qb, pk.astype(dt),
+    # Prompt part: the K beams x G query heads of a row are M queries against its prompt keys.
+    qp = q.reshape(b, k_beams, kvh, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, m, hd)
+    s_prompt = jnp.einsum("bkmd,bkdp->bkmp", qp, pk.astype(dt),
                           preferred_element_type=jnp.float32) * scale
-    s_prompt = jnp.where(prompt_valid, s_prompt, _NEG)  # [B, KVH, G, K, P]
+    s_prompt = jnp.where(prompt_valid, s_prompt, _NEG)  # [B, KVH, M, P]
     qn = q.reshape(n, kvh, groups, hd)
     s_gen = jnp.einsum("nkgd,ntkd->nkgt", qn, hist_k,
                        preferred_element_type=jnp.float32) * scale
-    s_gen = jnp.where(gen_visible[:, None, None, :], s_gen, _NEG)  # [N, KVH, G, T]
-    s_gen = s_gen.reshape(b, k_beams, kvh, groups, t_max).transpose(0, 2, 3, 1, 4)
-    scores = jnp.concatenate([s_prompt, s_gen], axis=-1)  # [B, KVH, G, K, P + T]
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out_p = jnp.einsum("bkgnp,bpkd->bnkgd", probs[..., :p], pv.astype(dt))
-    probs_g = probs[..., p:].transpose(0, 3, 1, 2, 4).reshape(n, kvh, groups, t_max)
-    out_g = jnp.einsum("nkgt,ntkd->nkgd", probs_g, hist_v)
+    gen_visible = (jnp.arange(t_max) <= step)[None, None, None, :]  # slots t <= step
+    s_gen = jnp.where(gen_visible, s_gen, _NEG)  # [N, KVH, G, T]
+    s_gen = s_gen.reshape(b, k_beams, kvh, groups, t_max).transpose(0, 2, 1, 3, 4)
+    scores = jnp.concatenate([s_prompt, s_gen.reshape(b, kvh, m, t_max)], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, KVH, M, P + T]
+    out_p = jnp.einsum("bkmp,bkpd->bkmd", probs[..., :p], pv.astype(dt))
+    out_p = out_p.reshape(b, kvh, k_beams, groups, hd).transpose(0, 2, 1, 3, 4)
+    probs_g = probs[..., p:].reshape(b, kvh, k_beams, groups, t_max).transpose(0, 2, 1, 3, 4)
+    out_g = jnp.einsum("nkgt,ntkd->nkgd", probs_g.reshape(n, kvh, groups, t_max), hist_v)
     a = (out_p.reshape(n, kvh, groups, hd) + out_g).reshape(n, 1, cfg.num_heads * hd)
     x = x + _proj(layer, "o_proj", a, dt, mm_dt)
     h = _rms_norm(x, layer["post_norm"]["scale"], cfg.rms_norm_eps)

@@ -46,8 +46,8 @@ def test_decode_step_matches_full_forward_with_reordered_beams():
   mask = np.ones_like(ids)
   mask[1, :4] = 0  # left padding
   _, prompt = jax.jit(lambda i, m: decoder.prefill(config, params, i, m))(ids, mask)
-  step_fn = jax.jit(lambda *a: decoder.decode_step(config, params, prompt, *a))
   gen = decoder.init_gen_cache(config, b * k, t_max)
+  step_fn = jax.jit(lambda *a: decoder.decode_step(config, params, prompt, *a))
   own = np.arange(b * k)
   ancestors = np.repeat(own[:, None], t_max, 1)
   paths = np.zeros((b * k, 0), np.int32)
@@ -97,6 +97,23 @@ def test_brute_force_beam_width_vocab_pow_steps_finds_the_best_sequences():
     assert got == [seq for seq, _ in best]
     np.testing.assert_allclose(np.asarray(out.scores[row]), [s for _, s in best], atol=1e-5)
     assert (np.asarray(out.tokens[row])[np.asarray(out.lengths[row]) < steps, -1] == 0).all()
+
+
+def test_decode_layouts_give_the_same_search():
+  """Projection kernels cast to bfloat16 at every step or once before the loop: one result."""
+  config = TINY.replace(matmul_dtype="bfloat16")
+  params = _tiny_params(config, seed=2)
+  prompts = np.array([[2, 3, 4, 2, 5], [0, 0, 4, 3, 6]], np.int32)
+  masks = (prompts > 0).astype(np.int32)
+  outs = []
+  for cast_once in (False, True):
+    sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
+                                  eos_token_id=config.eos_token_id, pad_token_id=0,
+                                  cast_once=cast_once)
+    outs.append(beam_search.search(config, sc, params, prompts, masks))
+  for out in outs[1:]:
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(outs[0].tokens))
+    np.testing.assert_allclose(np.asarray(out.scores), np.asarray(outs[0].scores), atol=1e-5)
 
 
 def _tiny_hf(tmp_path, seed: int):
