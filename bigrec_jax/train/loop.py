@@ -260,6 +260,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   non-finite loss and Preempted (exit 143) after checkpointing on SIGTERM.
   """
   from bigrec_jax.data.batching import Batches
+  from bigrec_jax.data.tokenize import shared_prefix_length
   from bigrec_jax.model import load_model
 
   validate_config(config, need_data=train_data is None)
@@ -301,8 +302,6 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   span = max(train_data.label_span(), valid_data.label_span() if valid_data is not None else 0)
   window = -(-span // 8) * 8 if span else None
   # Every example opens with the same instruction tokens: run them once per micro-batch.
-  from bigrec_jax.data.tokenize import shared_prefix_length
-
   prefix = (shared_prefix_length(train_data, valid_data, training=True)
             if t.get("share_prompt_prefix", True) else 0)
   step_kw = dict(loss_chunk_tokens=chunk, label_window=window, prefix_len=prefix)
