@@ -52,8 +52,6 @@ class SearchConfig:
   eos_token_id: int = 2
   pad_token_id: int = 0
   stop_at_closing_quote: bool = False  # finish at the 2nd `"` (needs quote_counts)
-  # Cast the projection kernels to LlamaConfig.matmul_dtype once before the loop, not per step.
-  cast_once: bool = True
 
   def __post_init__(self):
     if self.num_beams < 1:
@@ -117,14 +115,6 @@ def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool, prefix_l
   return jax.jit(run)
 
 
-def _decode_inputs(config: LlamaConfig, sc: SearchConfig, params, prompt, num_rows: int):
-  """(params, prompt cache, empty generation cache) as the decode loop reads them."""
-  gen = decoder.init_gen_cache(config, num_rows, sc.max_new_tokens)
-  if sc.cast_once:
-    params = decoder.cast_projections(config, params)
-  return params, prompt, gen
-
-
 def _mask_logprobs(logp: Array, trie, states: Array) -> Array:
   if trie is None:
     return logp
@@ -141,7 +131,6 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
   k, t_max = sc.num_beams, sc.max_new_tokens
   n = b * k
   logits0, prompt = decoder.prefill(config, params, ids, mask, prefix_len)
-  params, prompt, gen = _decode_inputs(config, sc, params, prompt, n)
   vocab = logits0.shape[-1]
   # All beams of a row start from the same prompt: beam 0 scores 0, the others -1e9 (as HF), so
   # the first step picks distinct tokens from one distribution.
@@ -157,7 +146,8 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
       fin_tokens=jnp.full((b, k, t_max), sc.pad_token_id, jnp.int32),
       fin_scores=jnp.full((b, k), -_BIG, jnp.float32),
       fin_flag=jnp.zeros((b, k), bool), fin_len=jnp.zeros((b, k), jnp.int32),
-      open=jnp.ones((b,), bool), cache=gen)
+      open=jnp.ones((b,), bool),
+      cache=decoder.init_gen_cache(config, n, t_max))
   top_num_beams = jnp.arange(2 * k) < k
 
   def select(s):
@@ -241,13 +231,12 @@ def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quot
             prefix_len: int = 0) -> SearchOutput:
   b, t_max = ids.shape[0], sc.max_new_tokens
   logits0, prompt = decoder.prefill(config, params, ids, mask, prefix_len)
-  params, prompt, gen = _decode_inputs(config, sc, params, prompt, b)
   ancestors = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t_max))
   state = dict(step=jnp.zeros((), jnp.int32), logits=logits0,
                tokens=jnp.full((b, t_max), sc.pad_token_id, jnp.int32),
                logp_sum=jnp.zeros((b,), jnp.float32), length=jnp.zeros((b,), jnp.int32),
                done=jnp.zeros((b,), bool), trie_state=jnp.zeros((b,), jnp.int32),
-               quotes=jnp.zeros((b,), jnp.int32), cache=gen)
+               quotes=jnp.zeros((b,), jnp.int32), cache=decoder.init_gen_cache(config, b, t_max))
 
   def select(s):
     j = s["step"]

@@ -8,8 +8,8 @@ step (the scan over layers reads and rewrites it, and reordering beams gathers i
   one slot written per step;
 - beams are reordered lazily: `ancestors[n, t]` is the slot that holds the K/V of step t for
   beam n, so "gathering the cache by source beam" costs a [N, T] int gather, not a cache copy;
-- with `matmul_dtype` the projection kernels are cast once per call (`cast_projections`), not
-  at every step.
+- with `matmul_dtype`, callers pass the projection kernels already cast (`cast_projections`,
+  done once by the Generator), so no step casts them.
 The layer math is the model's (layers.apply_rope / rope_tables, same RMSNorm and attention
 numerics); tests check the step against the full-sequence `forward` logits. LoRA must be merged
 into the weights first (`lora.merge`): the step reads plain kernels.
@@ -69,8 +69,9 @@ def prefill(config: LlamaConfig, params, ids: Array, mask: Array, prefix_len: in
 def cast_projections(config: LlamaConfig, params):
   """params with every layer's projection kernels in `config.matmul_dtype` (if set).
 
-  The decode step would otherwise cast the float32 kernels at every step; cast once before the
-  loop, each step reads bfloat16 kernels: half the bytes, and no convert pass.
+  `layers.matmul` casts its operands, so float32 kernels work too, but the decode step would then
+  cast them at every step; cast once, each step reads bfloat16 kernels: half the bytes, and no
+  convert pass. The products are the same either way.
   """
   dt = config.projection_dtype
   if dt is None:

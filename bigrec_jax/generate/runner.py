@@ -27,7 +27,7 @@ from bigrec_jax import files, parallel
 from bigrec_jax.data import prompts as prompts_lib
 from bigrec_jax.data import tokenize as tokenize_lib
 from bigrec_jax.files import UserError
-from bigrec_jax.generate import beam_search, trie as trie_lib
+from bigrec_jax.generate import beam_search, decoder, trie as trie_lib
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class Generator:
   def __init__(self, model, options: GenerateOptions, *, titles: Sequence[str] | None = None,
                mesh=None):
     self.model = model
+    # Read by every search (prefill and decode): with matmul_dtype, the projection kernels are
+    # cast once here instead of inside each compiled search.
+    self.params = decoder.cast_projections(model.config, model.params)
     self.options = options
     self.config = model.config
     self.tokenizer = model.tokenizer
@@ -162,7 +165,7 @@ class Generator:
       local = tokenize_lib.pad_examples(data, fill, length, pad_id=int(self.config.pad_token_id))
       batch = parallel.global_batch_from_local(
           {"ids": local["input_ids"], "mask": local["attention_mask"]}, self.mesh)
-      out = beam_search.search(self.config, self.search_config, self.model.params, batch["ids"],
+      out = beam_search.search(self.config, self.search_config, self.params, batch["ids"],
                                batch["mask"], self.trie, self.quote_counts,
                                prefix_len=prefix_len)
       tokens, scores, lengths = (_to_host(x) for x in out)

@@ -100,17 +100,15 @@ def test_brute_force_beam_width_vocab_pow_steps_finds_the_best_sequences():
 
 
 def test_decode_layouts_give_the_same_search():
-  """Projection kernels cast to bfloat16 at every step or once before the loop: one result."""
+  """Projection kernels cast to bfloat16 at every step or once before the search: one result."""
   config = TINY.replace(matmul_dtype="bfloat16")
   params = _tiny_params(config, seed=2)
   prompts = np.array([[2, 3, 4, 2, 5], [0, 0, 4, 3, 6]], np.int32)
   masks = (prompts > 0).astype(np.int32)
-  outs = []
-  for cast_once in (False, True):
-    sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
-                                  eos_token_id=config.eos_token_id, pad_token_id=0,
-                                  cast_once=cast_once)
-    outs.append(beam_search.search(config, sc, params, prompts, masks))
+  sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
+                                eos_token_id=config.eos_token_id, pad_token_id=0)
+  outs = [beam_search.search(config, sc, p, prompts, masks)
+          for p in (params, decoder.cast_projections(config, params))]
   for out in outs[1:]:
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(outs[0].tokens))
     np.testing.assert_allclose(np.asarray(out.scores), np.asarray(outs[0].scores), atol=1e-5)
