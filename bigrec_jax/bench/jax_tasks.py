@@ -84,16 +84,7 @@ def embed_texts(model, p: dict[str, Any], texts: Sequence[str]) -> tuple[Callabl
   def run():
     return embed.embed_texts(model, texts, batch_size=p["batch"], progress=False)
 
-  ids = embed.tokenize(model.tokenizer, texts, 512)
-  run.padded_tokens = [_padded_tokens([len(x) for x in ids], p["batch"], 16)]
-  run.tokens = [sum(len(x) for x in ids)]
+  lengths = [len(x) for x in embed.tokenize(model.tokenizer, texts, 512)]
+  run.padded_tokens = [p["batch"] * sum(n for _, n in embed.plan_batches(lengths, p["batch"]))]
+  run.tokens = [sum(lengths)]
   return run, f"bigrec_jax.ground.embed.embed_texts(batch_size={p['batch']})"
-
-
-def _padded_tokens(lengths: Sequence[int], batch: int, multiple: int) -> int:
-  """Tokens embed_texts runs (length-sorted batches, lengths rounded up to the bucket)."""
-  order = sorted(n for n in lengths if n)
-  total = 0
-  for s in range(0, len(order), batch):
-    total += batch * max(multiple, -(-order[min(s + batch, len(order)) - 1] // multiple) * multiple)
-  return total
