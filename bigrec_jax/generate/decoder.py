@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from bigrec_jax.model import forward, init_cache, output_logits, prefix_then_suffix
 from bigrec_jax.model.config import LlamaConfig
-from bigrec_jax.model.layers import apply_rope, matmul, rope_tables
+from bigrec_jax.model.layers import apply_rope, matmul, pack_half, rope_tables, unpack_half
 
 Array = jax.Array
 
@@ -71,12 +71,18 @@ def cast_projections(config: LlamaConfig, params):
 
   `layers.matmul` casts its operands, so float32 kernels work too, but the decode step would then
   cast them at every step; cast once, each step reads bfloat16 kernels: half the bytes, and no
-  convert pass. The products are the same either way.
+  convert pass. The products are the same either way. 16-bit kernels are stored as their bits
+  (`layers.pack_half`): XLA:CPU would otherwise carry them through the decode loop as float32.
   """
   dt = config.projection_dtype
   if dt is None:
     return params
-  layers = {name: ({**sub, "kernel": sub["kernel"].astype(dt)} if "kernel" in sub else sub)
+
+  def cast(kernel):
+    kernel = kernel.astype(dt)
+    return pack_half(kernel) if dt.itemsize == 2 else kernel
+
+  layers = {name: ({**sub, "kernel": cast(sub["kernel"])} if "kernel" in sub else sub)
             for name, sub in params["layers"].items()}
   return dict(params, layers=layers)
 
@@ -94,7 +100,7 @@ def _rms_norm(x: Array, scale: Array, eps: float) -> Array:
 
 
 def _proj(layer: dict, name: str, x: Array, dt, mm_dt=None) -> Array:
-  y = matmul(x.astype(dt), layer[name]["kernel"], mm_dt)
+  y = matmul(x.astype(dt), unpack_half(layer[name]["kernel"], mm_dt), mm_dt)
   if "bias" in layer[name]:
     y = y + layer[name]["bias"].astype(dt)
   return y

@@ -100,9 +100,12 @@ def test_brute_force_beam_width_vocab_pow_steps_finds_the_best_sequences():
 
 
 def test_decode_layouts_give_the_same_search():
-  """Projection kernels cast to bfloat16 at every step or once before the search: one result."""
+  """Projection kernels cast to bfloat16 at every step or once before the search (stored as
+  their uint16 bits, which XLA:CPU does not widen to float32 in the decode loop): one result."""
   config = TINY.replace(matmul_dtype="bfloat16")
   params = _tiny_params(config, seed=2)
+  packed = decoder.cast_projections(config, params)["layers"]
+  assert {sub["kernel"].dtype for sub in packed.values() if "kernel" in sub} == {np.dtype(np.uint16)}
   prompts = np.array([[2, 3, 4, 2, 5], [0, 0, 4, 3, 6]], np.int32)
   masks = (prompts > 0).astype(np.int32)
   sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
