@@ -3,11 +3,12 @@
 SPEC.md "Step 2": the embedding of a text is what HF returns as `hidden_states[-1][:, -1]` from
 the BASE model (no LoRA) with left padding, i.e. the hidden state after the final RMSNorm at the
 last real token. Texts are tokenized as the tokenizer does by default (special tokens included),
-sorted by length and cut into batches whose padded length is rounded up to a bucket (`bucket_length`),
-so jit compiles one shape per bucket; rows are padded to a fixed batch size for the same reason.
+sorted by length and cut into batches whose padded length is rounded up to a bucket
+(`bucket_length`), so jit compiles one shape per bucket; rows are padded to a fixed batch size
+for the same reason.
 Padding and positions follow the attention mask, so a row's embedding does not depend on what it
 is batched with (up to float rounding). Batches are fetched one step behind: batch i + 1 is
-dispatched before batch i's embeddings are copied to the host, so the host's tokenizing and
+dispatched before batch i's embeddings are copied to the host, so the host's copying and
 padding overlap the device's work.
 
 The catalog's embeddings are cached on disk under a key of the model (path, size, mtime, dtype)

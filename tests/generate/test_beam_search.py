@@ -105,7 +105,8 @@ def test_decode_layouts_give_the_same_search():
   config = TINY.replace(matmul_dtype="bfloat16")
   params = _tiny_params(config, seed=2)
   packed = decoder.cast_projections(config, params)["layers"]
-  assert {sub["kernel"].dtype for sub in packed.values() if "kernel" in sub} == {np.dtype(np.uint16)}
+  kernel_dtypes = {sub["kernel"].dtype for sub in packed.values() if "kernel" in sub}
+  assert kernel_dtypes == {np.dtype(np.uint16)}
   prompts = np.array([[2, 3, 4, 2, 5], [0, 0, 4, 3, 6]], np.int32)
   masks = (prompts > 0).astype(np.int32)
   sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
