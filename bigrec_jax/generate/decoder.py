@@ -143,8 +143,9 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
     gk = jax.lax.dynamic_update_slice_in_dim(gk, k[None], step, axis=0)
     gv = jax.lax.dynamic_update_slice_in_dim(gv, v[None], step, axis=0)
     slot_rows = jnp.arange(t_max)[None, :]
-    hist_k = gk[slot_rows, ancestors].astype(dt)  # [N, T, KVH, hd]
-    hist_v = gv[slot_rows, ancestors].astype(dt)
+    f32 = jnp.float32
+    hist_k = gk[slot_rows, ancestors].astype(f32)  # [N, T, KVH, hd]
+    hist_v = gv[slot_rows, ancestors].astype(f32)
     # Prompt part: the K beams x G query heads of a row are M queries against its prompt keys.
     qp = q.reshape(b, k_beams, kvh, groups, hd).transpose(0, 2, 1, 3, 4).reshape(b, kvh, m, hd)
     s_prompt = jnp.einsum("bkmd,bkdp->bkmp", qp, pk.astype(dt),
@@ -154,19 +155,18 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
     # The generated part (T <= max_new_tokens slots) as a multiply-reduce, not a dot: a batched
     # dot over (n, k) would first transpose the gathered [N, T, KVH, hd] history to
     # [N, KVH, T, hd], twice per layer and step (~10% of a 32-token CPU beam search).
-    f32 = jnp.float32
-    s_gen = jnp.sum(qn.astype(f32)[:, None] * hist_k.astype(f32)[:, :, :, None], axis=-1)
-    s_gen = s_gen.transpose(0, 2, 3, 1) * scale  # [N, T, KVH, G] -> [N, KVH, G, T]
-    gen_visible = (jnp.arange(t_max) <= step)[None, None, None, :]  # slots t <= step
-    s_gen = jnp.where(gen_visible, s_gen, _NEG)  # [N, KVH, G, T]
-    s_gen = s_gen.reshape(b, k_beams, kvh, groups, t_max).transpose(0, 2, 1, 3, 4)
+    s_gen = jnp.sum(qn.astype(f32)[:, None] * hist_k[:, :, :, None], axis=-1) * scale
+    gen_visible = (jnp.arange(t_max) <= step)[None, :, None, None]  # slots t <= step
+    s_gen = jnp.where(gen_visible, s_gen, _NEG)  # [N, T, KVH, G]
+    # [N = B * K, T, KVH, G] -> [B, KVH, M = K * G, T], the prompt scores' layout
+    s_gen = s_gen.reshape(b, k_beams, t_max, kvh, groups).transpose(0, 3, 1, 4, 2)
     scores = jnp.concatenate([s_prompt, s_gen.reshape(b, kvh, m, t_max)], axis=-1)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, KVH, M, P + T]
     out_p = jnp.einsum("bkmp,bkpd->bkmd", probs[..., :p], pv.astype(dt))
     out_p = out_p.reshape(b, kvh, k_beams, groups, hd).transpose(0, 2, 1, 3, 4)
-    probs_g = probs[..., p:].reshape(b, kvh, k_beams, groups, t_max).transpose(0, 2, 1, 3, 4)
-    probs_g = probs_g.reshape(n, kvh, groups, t_max).transpose(0, 3, 1, 2)  # [N, T, KVH, G]
-    out_g = jnp.sum(probs_g.astype(f32)[..., None] * hist_v.astype(f32)[:, :, :, None],
+    probs_g = probs[..., p:].reshape(b, kvh, k_beams, groups, t_max).transpose(0, 2, 4, 1, 3)
+    probs_g = probs_g.reshape(n, t_max, kvh, groups)  # back to [N, T, KVH, G]
+    out_g = jnp.sum(probs_g.astype(f32)[..., None] * hist_v[:, :, :, None],
                     axis=1).astype(dt)  # [N, KVH, G, hd]
     a = (out_p.reshape(n, kvh, groups, hd) + out_g).reshape(n, 1, cfg.num_heads * hd)
     x = x + _proj(layer, "o_proj", a, dt, mm_dt)

@@ -104,15 +104,15 @@ def test_decode_layouts_give_the_same_search():
   their uint16 bits, which XLA:CPU does not widen to float32 in the decode loop): one result."""
   config = TINY.replace(matmul_dtype="bfloat16")
   params = _tiny_params(config, seed=2)
-  packed = decoder.cast_projections(config, params)["layers"]
-  kernel_dtypes = {sub["kernel"].dtype for sub in packed.values() if "kernel" in sub}
+  packed = decoder.cast_projections(config, params)
+  kernel_dtypes = {sub["kernel"].dtype for sub in packed["layers"].values() if "kernel" in sub}
   assert kernel_dtypes == {np.dtype(np.uint16)}
   prompts = np.array([[2, 3, 4, 2, 5], [0, 0, 4, 3, 6]], np.int32)
   masks = (prompts > 0).astype(np.int32)
   sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
                                 eos_token_id=config.eos_token_id, pad_token_id=0)
   outs = [beam_search.search(config, sc, p, prompts, masks)
-          for p in (params, decoder.cast_projections(config, params))]
+          for p in (params, packed)]
   for out in outs[1:]:
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(outs[0].tokens))
     np.testing.assert_allclose(np.asarray(out.scores), np.asarray(outs[0].scores), atol=1e-5)
