@@ -2,14 +2,23 @@
 
 A bad flag or config override, or a `UserError` (bad file, bad value), is printed as one
 paragraph on stderr with exit status 2 and no traceback; anything else is a bug and keeps its
-traceback.
+traceback. This module is also the one place that checks paths and names for every launcher
+before any heavy work: `output_file`/`output_dir` (the path can be created: kind of path, a
+writable parent, nothing below a regular file), `input_file`/`input_dir`, `names` (each value one
+of a known set, close matches suggested), `encoding`; and a config file that does not import, an
+unknown config field or a list field with elements of the wrong type is one message naming the
+file and line or the dotted field.
 """
 from __future__ import annotations
 
+import codecs
+import difflib
 import os
 import sys
+import tempfile
 import textwrap
-from typing import Callable
+import traceback
+from typing import Any, Callable, Iterable
 
 from absl import app, flags, logging
 
@@ -24,20 +33,297 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+# ----------------------------------------------------------------------------- paths and names
+
+
+def _flag(flag: Any) -> str:
+  """'--name' for a flag holder, a flag name or an already written '--name'/'--config.a.b'."""
+  name = getattr(flag, "name", flag)
+  return name if name.startswith("-") else f"--{name}"
+
+
+def _first_existing(path: str) -> str:
+  """The nearest ancestor of `path` (or `path` itself) that exists as something."""
+  current = os.path.abspath(path)
+  while not os.path.lexists(current):
+    parent = os.path.dirname(current)
+    if parent == current:
+      break
+    current = parent
+  return current
+
+
+def _check_creatable(flag: str, path: str) -> None:
+  """`path` does not exist: every missing directory above it can be made, and written into."""
+  base = _first_existing(os.path.dirname(os.path.abspath(path)) or ".")
+  if not os.path.isdir(base):
+    raise UserError(f"{flag}={path}: {base} is a regular file, so nothing can be created below it")
+  try:  # os.access says yes to root even on a read-only file system: try for real
+    fd, probe = tempfile.mkstemp(dir=base, prefix=".bigrec_write_check.")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"{flag}={path}: cannot write in {base} ({e.strerror or e})") from None
+
+
+def output_file(flag: Any, path: str | None, required: bool = True) -> str | None:
+  """Checks that the file `path` (written later) can be created or replaced; creates nothing."""
+  name = _flag(flag)
+  if not path:
+    if required:
+      raise UserError(f"{name} is required")
+    return path
+  if os.path.isdir(path):
+    raise UserError(f"{name}={path}: is a directory; give a file name (e.g. {os.path.join(path, 'out.json')})")
+  if os.path.lexists(path) and not os.path.isfile(path):
+    raise UserError(f"{name}={path}: exists and is not a regular file")
+  if path.endswith(os.sep):
+    raise UserError(f"{name}={path}: ends with '{os.sep}'; give a file name")
+  _check_creatable(name, path)  # an existing file: the atomic writer renames a file beside it
+  return path
+
+
+def output_dir(flag: Any, path: str | None, required: bool = True) -> str | None:
+  """Checks that the directory `path` exists and is writable, or can be created; creates nothing."""
+  name = _flag(flag)
+  if not path:
+    if required:
+      raise UserError(f"{name} is required")
+    return path
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise UserError(f"{name}={path}: exists and is not a directory")
+  if os.path.isdir(path):
+    _check_creatable(name, os.path.join(path, "x"))
+  else:
+    _check_creatable(name, path)
+  return path
+
+
+def input_file(flag: Any, path: str | None, what: str = "", required: bool = True) -> str | None:
+  """An existing regular file (a directory or a missing path is an error naming the flag)."""
+  name = _flag(flag)
+  if not path:
+    if required:
+      raise UserError(f"{name} is required")
+    return path
+  if os.path.isdir(path):
+    raise UserError(f"{name}={path}: is a directory, expected {what or 'a file'}")
+  if not os.path.isfile(path):
+    raise UserError(f"{name}={path}: no such file")
+  return path
+
+
+def input_dir(flag: Any, path: str | None, what: str = "", required: bool = True) -> str | None:
+  """An existing directory."""
+  name = _flag(flag)
+  if not path:
+    if required:
+      raise UserError(f"{name} is required")
+    return path
+  if not os.path.exists(path):
+    raise UserError(f"{name}={path}: no such directory")
+  if not os.path.isdir(path):
+    raise UserError(f"{name}={path}: is a file, expected {what or 'a directory'}")
+  return path
+
+
+def names(flag: Any, values: Iterable[str], allowed: Iterable[str]) -> list[str]:
+  """Every value is one of `allowed`; an unknown one is named with its close matches."""
+  allowed = list(allowed)
+  values = list(values)
+  for value in values:
+    if value not in allowed:
+      close = difflib.get_close_matches(str(value), allowed, n=3)
+      hint = f"; did you mean {' or '.join(close)}?" if close else ""
+      raise UserError(f"{_flag(flag)}: unknown name {value!r}{hint} (choose from "
+                      f"{', '.join(allowed)})")
+  return values
+
+
+def encoding(flag: Any, name: str | None) -> str | None:
+  """A codec Python knows (e.g. utf-8, ISO-8859-1, cp1252); None/'' passes through."""
+  if not name:
+    return name
+  try:
+    codecs.lookup(name)
+  except LookupError:
+    raise UserError(f"{_flag(flag)}={name}: unknown text encoding (e.g. utf-8, ISO-8859-1, "
+                    "cp1252)") from None
+  return name
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def _config_path(argv: list[str], name: str, default: str) -> str:
+  for i, arg in enumerate(argv):
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+  return default
+
+
+def _config_load_message(path: str, e: BaseException) -> str | None:
+  """'FILE:LINE: what' when `e` came from importing or running the config file, else None."""
+  path = path.split(":", 1)[0]
+  if path and not os.path.exists(path):
+    return f"{path}: no such config file"
+  if path and os.path.isdir(path):
+    return f"{path}: is a directory, expected a config file (configs/*.py)"
+  original = e.__cause__ or e.__context__ or e
+  for candidate in (e, original):
+    if isinstance(candidate, SyntaxError) and candidate.filename:
+      return (f"{candidate.filename}:{candidate.lineno}: syntax error in the config file "
+              f"({candidate.msg})")
+  if not path or not os.path.exists(path):
+    return None
+  real = os.path.realpath(path)
+  for candidate in (original, e):
+    frames = [f for f in traceback.extract_tb(candidate.__traceback__)
+              if f.filename and os.path.exists(f.filename) and os.path.realpath(f.filename) == real]
+    if frames:
+      line = frames[-1].lineno
+      return (f"{path}:{line}: the config file raised {type(candidate).__name__}: {candidate}")
+  if isinstance(e, AttributeError) and "get_config" in str(e):
+    return f"{path}: the config file defines no get_config() function"
+  return None
+
+
+def _load_config(path: str):
+  import importlib.util
+
+  module_path, _, arg = path.partition(":")
+  spec = importlib.util.spec_from_file_location("bigrec_config_check", module_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*([arg] if arg else []))
+
+
+def _field_paths(config, prefix: str = "") -> list[str]:
+  out = []
+  for key, value in config.items():
+    dotted = f"{prefix}{key}"
+    out.append(dotted)
+    if hasattr(value, "items") and hasattr(value, "lock"):
+      out.extend(_field_paths(value, dotted + "."))
+  return out
+
+
+def _has_field(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
+def _overrides(argv: list[str], name: str) -> list[tuple[str, str]]:
+  """(dotted field, raw value) of every --NAME.a.b=value (or --noNAME.a.b) in argv."""
+  out = []
+  for i, arg in enumerate(argv):
+    for prefix in (f"--{name}.", f"--no{name}.", f"-{name}."):
+      if arg.startswith(prefix):
+        field, eq, value = arg[len(prefix):].partition("=")
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+          value = argv[i + 1]
+        out.append((field, value))
+  return out
+
+
+def _unknown_field_message(argv: list[str], name: str, default: str) -> str | None:
+  """'--config.a.b: no such field in FILE; close matches: ...' for the first unknown override."""
+  path = _config_path(argv, name, default)
+  try:
+    config = _load_config(path)
+  except Exception:  # noqa: BLE001 (the load error itself is reported elsewhere)
+    return None
+  if not hasattr(config, "keys"):
+    return None
+  fields = _field_paths(config)
+  for field, _ in _overrides(argv, name):
+    if not _has_field(config, field):
+      close = difflib.get_close_matches(field, fields, n=3, cutoff=0.6)
+      hint = (f"; did you mean {' or '.join(f'--{name}.{c}' for c in close)}?" if close else
+              f"; see {path} for every field")
+      return f"--{name}.{field}: no such config field in {path}{hint}"
+  return None
+
+
+def _element_kind(values) -> type | None:
+  kinds = {type(v) for v in values}
+  if kinds and kinds <= {int}:
+    return int
+  if kinds and kinds <= {int, float}:
+    return float
+  if kinds and kinds <= {str}:
+    return str
+  return None
+
+
+def check_list_fields(name: str, argv: list[str], default: str) -> None:
+  """A tuple-valued config field overridden with elements of another type (`--config.seeds=abc`)."""
+  overrides = _overrides(argv, name)
+  if not overrides:
+    return
+  config = flags.FLAGS[name].value
+  reference = _load_config(_config_path(argv, name, default))
+  for field, raw in overrides:
+    if not _has_field(reference, field) or not _has_field(config, field):
+      continue
+    before = reference
+    after = config
+    for part in field.split("."):
+      before, after = before[part], after[part]
+    if not isinstance(before, (tuple, list)) or not isinstance(after, (tuple, list)):
+      continue
+    kind = _element_kind(before)
+    if kind is None:
+      continue
+    ok = (all(isinstance(v, int) and not isinstance(v, bool) for v in after) if kind is int else
+          all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in after)
+          if kind is float else all(isinstance(v, str) for v in after))
+    if not ok:
+      example = ",".join(str(v) for v in before) or "a,b"
+      what = {int: "integers", float: "numbers", str: "names"}[kind]
+      raise UserError(f"--{name}.{field}={raw}: expected a comma-separated list of {what}, "
+                      f"e.g. --{name}.{field}={example}")
+
+
+# ----------------------------------------------------------------------------- flag parsing
+
+
+_CONFIG_FLAGS: dict[str, str] = {}  # config flag name -> default config file
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)  # absl itself exits 1
+  prog = os.path.basename(argv[0]) if argv else "launcher"
   try:
-    rest = flags.FLAGS(argv)
-    for name in list(flags.FLAGS):  # config files load lazily: surface their errors now
-      flag = flags.FLAGS[name]
-      if type(flag).__name__ == "_ConfigFlag" and flag.value is not None:
-        flag.value.keys()
+    try:
+      rest = flags.FLAGS(argv)
+      for name in list(flags.FLAGS):  # config files load lazily: surface their errors now
+        flag = flags.FLAGS[name]
+        if type(flag).__name__ == "_ConfigFlag" and flag.value is not None:
+          flag.value.keys()
+      for name, default in _CONFIG_FLAGS.items():
+        check_list_fields(name, argv, default)
+    except Exception as e:  # noqa: BLE001: a config file may raise anything
+      for name, default in _CONFIG_FLAGS.items():
+        message = _config_load_message(_config_path(argv, name, default), e)
+        if message:
+          fail(f"--{name}: {message}")
+        if isinstance(e, (KeyError, AttributeError)):
+          message = _unknown_field_message(argv, name, default)
+          if message:
+            fail(message)
+      raise
     if not flags.FLAGS["verbosity"].present:  # orbax/absl INFO lines drown the progress output
       logging.set_verbosity(logging.WARNING)
     return rest
   except (flags.Error, UserError, ValueError, OSError, KeyError, AttributeError, TypeError) as e:
-    prog = os.path.basename(argv[0]) if argv else "launcher"
     fail(f"{prog}: {e} (run with --help to see every flag)")
 
 
@@ -56,15 +342,23 @@ def define_config_file(name: str = "config", default: str = "configs/default.py"
 
   if not os.path.isabs(default):
     default = os.path.join(ROOT, default)
+  _CONFIG_FLAGS[name] = default
   try:
     holder = config_flags.DEFINE_config_file(name, default, help_text)
     # List it under the launcher in --help (it is defined from this module).
     flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
     return holder
-  except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-    fail(f"--{name}: {e} (see the config file for every field)")
-
-
+  except Exception as e:  # noqa: BLE001: see _parse_flags
+    message = _config_load_message(default, e)
+    if message:
+      fail(f"--{name}: {message}")
+    if isinstance(e, (KeyError, AttributeError)):
+      message = _unknown_field_message(sys.argv, name, default)
+      if message:
+        fail(message)
+    if isinstance(e, (AttributeError, KeyError, ValueError, TypeError, OSError, flags.Error)):
+      fail(f"--{name}: {e} (see the config file for every field)")
+    raise
 def define_multihost_flags() -> Callable[[], None]:
   """--coordinator_address/--num_processes/--process_id; returns the function that applies them.
 
