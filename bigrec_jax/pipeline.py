@@ -62,6 +62,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   unknown = set(p.force_stages) - set(STAGES) - {"all"}
   if unknown:
     raise UserError(f"--force_stage: unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
+  unknown = [s for s in p.stages if s not in STAGES]
+  if unknown:
+    raise UserError(f"--stages (config.pipeline.stages): unknown stage(s) {unknown}; stages are "
+                    f"{STAGES}")
+  for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1)):
+    if field in config.data and config.data[field] < low:
+      raise UserError(f"--config.data.{field}={config.data[field]}: must be >= {low}")
   if config.model.path and not os.path.exists(config.model.path):
     raise UserError(f"--config.model.path={config.model.path}: no such file or directory")
   for f in ("interactions_file", "items_file"):

@@ -41,9 +41,7 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
   titles = data.titles
   if not 1 <= k <= len(titles):
     raise UserError(f"--k={k}: must be between 1 and the catalog size {len(titles)}")
-  by_title = {t.lower(): i for i, t in enumerate(titles)}
-  history_ids = [by_title[t.lower()] for t in liked if t.lower() in by_title]
-  unknown = [t for t in liked if t.lower() not in by_title]
+  history_ids, unknown = liked_item_ids(liked, titles)
   row = prompts.make_fields(data.domain, liked[-10:], "")
 
   model = runner.load_merged_model(model_path, adapter)
@@ -60,11 +58,41 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
                                    progress=False, log=lambda _: None)
   query = embed.embed_texts(model, [prompts.unquote(generated[0])], progress=False)
   items = kernel.place_items(table, signals.popularity_weights(np.asarray(data.popularity)))
-  extra = len(history_ids) if exclude_history else 0
-  out = kernel.ground(query, items, k=min(k + extra, len(titles)), gamma_pop=gamma_pop)
+  excluded = history_ids if exclude_history else []
+  # Enough candidates for k distinct titles: every excluded id and every id whose title another
+  # id already has can be skipped once.
+  shared = len(titles) - len({t.lower() for t in titles})
+  out = kernel.ground(query, items, k=min(k + len(excluded) + shared, len(titles)),
+                      gamma_pop=gamma_pop)
+  chosen = distinct_titles(out.top_ids[0], out.top_scores[0], titles, excluded, k)
+  return Recommendation(generated, chosen, unknown)
+
+
+def liked_item_ids(liked: Sequence[str], titles: Sequence[str]) -> tuple[list[int], list[str]]:
+  """Every item id whose title (case-insensitively) is a liked title, and the unknown titles.
+
+  A title several ids share (ML-100K's recbole titles carry no year: 22 are shared) names all
+  of them, as evaluation counts shared titles as one item.
+  """
+  ids_of: dict[str, list[int]] = {}
+  for i, t in enumerate(titles):
+    ids_of.setdefault(t.lower(), []).append(i)
+  ids = sorted({i for t in liked for i in ids_of.get(t.lower(), ())})
+  return ids, [t for t in liked if t.lower() not in ids_of]
+
+
+def distinct_titles(top_ids, top_scores, titles: Sequence[str], excluded: Sequence[int],
+                    k: int) -> list[tuple[int, str, float]]:
+  """The first k ranked items with a title not excluded and not already shown (best id kept)."""
+  skip = set(int(i) for i in excluded)
+  seen = {titles[i].lower() for i in skip}
   chosen = []
-  for i, s in zip(out.top_ids[0], out.top_scores[0]):
-    if exclude_history and int(i) in history_ids:
+  for i, s in zip(top_ids, top_scores):
+    i = int(i)
+    if i in skip or titles[i].lower() in seen:
       continue
-    chosen.append((int(i), titles[int(i)], float(s)))
-  return Recommendation(generated, chosen[:k], unknown)
+    seen.add(titles[i].lower())
+    chosen.append((i, titles[i], float(s)))
+    if len(chosen) == k:
+      break
+  return chosen

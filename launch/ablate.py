@@ -35,6 +35,15 @@ def main(argv: list[str]) -> None:
     runs.append((name, workdir))
   if not runs:
     raise UserError("--run is required (at least one NAME=WORKDIR)")
+  if _K.value < 1:
+    raise UserError(f"--k={_K.value}: must be >= 1")
+  if _OUT.value:
+    cli.output_file(_OUT, _OUT.value)
+    numbers = os.path.splitext(_OUT.value)[0] + ".json"
+    if os.path.abspath(numbers) == os.path.abspath(_OUT.value):
+      raise UserError(f"--out={_OUT.value}: the numbers go to OUT without .md + .json, which is "
+                      "this file; give a .md name")
+    cli.output_file(_OUT, numbers)
   table, summaries = compare.ablation_table(runs, metric_k=_K.value)
   print(table)
   if _OUT.value:

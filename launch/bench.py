@@ -51,6 +51,10 @@ _PLATFORM = flags.DEFINE_string("platform", None, "Force a platform for both sid
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  cli.output_file(_OUT, _OUT.value)  # before minutes of measuring
+  for flag in (_BUDGET, _TIMEOUT):
+    if flag.value is not None and not flag.value > 0:
+      raise UserError(f"--{flag.name}={flag.value}: must be > 0")
   run(BenchOptions(
       tasks=tuple(_TASKS.value), quick=_QUICK.value, model=_MODEL.value, out=_OUT.value,
       flops=_FLOPS.value, repeats=_REPEATS.value or (2 if _QUICK.value else 3),

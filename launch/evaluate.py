@@ -11,6 +11,8 @@ test_top_items.json, and prints the results table.
 """
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from bigrec_jax import cli
@@ -58,12 +60,27 @@ def _numbers(flag, kind):
     raise UserError(f"--{flag.name}: expected {kind.__name__} values, got {flag.value}") from None
 
 
+def _check_flags() -> None:
+  """Paths and numbers, before the model loads (cli.py: one message naming the flag)."""
+  cli.input_dir(_DATA_DIR, _DATA_DIR.value, "a prepared-data directory")
+  cli.input_file(_VALID, _VALID.value, "a JSON list of generated rows")
+  cli.input_file(_TEST, _TEST.value, "a JSON list of generated rows")
+  cli.output_dir(_OUT_DIR, _OUT_DIR.value)
+  cli.output_dir(_CACHE, _CACHE.value, required=False)
+  for flag in (_CF_VALID, _CF_TEST):
+    for path in flag.value:
+      cli.input_file(flag, path, "a .npy score matrix")
+  if _MODEL.value and not os.path.exists(_MODEL.value):
+    raise UserError(f"--model={_MODEL.value}: no such file or directory")
+  for flag in (_EMBED_BATCH, _QUERY_BATCH, _GAMMA_BATCH):
+    if flag.value is not None and flag.value < 1:
+      raise UserError(f"--{flag.name}={flag.value}: must be >= 1")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  for flag in (_DATA_DIR, _VALID, _TEST, _OUT_DIR):
-    if not flag.value:
-      raise UserError(f"--{flag.name} is required")
+  _check_flags()
   grids = {}
   if _POP_GAMMAS.value:
     grids["pop_gammas"] = _numbers(_POP_GAMMAS, float)

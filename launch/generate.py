@@ -10,6 +10,8 @@ first) and `predict_scores` to --output, atomically.
 """
 from __future__ import annotations
 
+import os
+
 from absl import flags, logging
 
 from bigrec_jax import cli, parallel
@@ -54,12 +56,31 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar over bat
 _INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
+def _check_flags() -> None:
+  """Paths and numbers, before the model loads (cli.py: one message naming the flag)."""
+  cli.input_file(_INPUT, _INPUT.value, "a JSON list of rows")
+  cli.output_file(_OUTPUT, _OUTPUT.value)
+  if _CONSTRAINED.value and not _ITEMS.value:
+    raise UserError("--constrained needs --items (the catalog's items.tsv or its prepared-data "
+                    "directory)")
+  if _ITEMS.value and not os.path.exists(_ITEMS.value):
+    raise UserError(f"--items={_ITEMS.value}: no such file or directory")
+  for flag in (_MODEL, _ADAPTER):
+    if flag.value and not os.path.exists(flag.value):
+      raise UserError(f"--{flag.name}={flag.value}: no such file or directory")
+  for flag, low in ((_NUM_BEAMS, 1), (_NUM_RETURN, 1), (_MAX_NEW, 1), (_BATCH, 1), (_BUCKET, 1),
+                    (_MAX_PROMPT, 0)):
+    if flag.value is not None and flag.value < low:
+      raise UserError(f"--{flag.name}={flag.value}: must be >= {low}")
+  if (_NUM_RETURN.value or 0) > _NUM_BEAMS.value:
+    raise UserError(f"--num_return_sequences={_NUM_RETURN.value} cannot exceed "
+                    f"--num_beams={_NUM_BEAMS.value}")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  for flag in (_INPUT, _OUTPUT):
-    if not flag.value:
-      raise UserError(f"--{flag.name} is required")
+  _check_flags()
   try:
     mesh_shape = [int(x) for x in _MESH.value]
   except ValueError:

@@ -29,10 +29,11 @@ _INIT_DISTRIBUTED = cli.define_multihost_flags()
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  if not _WORKDIR.value:
-    raise UserError("--workdir is required")
+  cli.output_dir(_WORKDIR, _WORKDIR.value)
   from bigrec_jax import pipeline
 
+  cli.names(_STAGES, _STAGES.value, pipeline.STAGES)
+  cli.names(_FORCE, _FORCE.value, pipeline.STAGES + ("all",))
   config = _CONFIG.value
   if _FORCE.value:
     config.pipeline.force_stages = tuple(_FORCE.value)

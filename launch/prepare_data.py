@@ -57,9 +57,30 @@ _ENCODING = flags.DEFINE_string("encoding", None, "Encoding of ml-1m/ml-10m .dat
 _TFDS = flags.DEFINE_boolean("tfds", False, "Also build the array_record TFDS dataset in OUT_DIR/tfds.")
 
 
+def _check_flags() -> None:
+  """Paths, names and numbers, before any file is read (cli.py: one message naming the flag)."""
+  cli.output_dir(_OUT_DIR, _OUT_DIR.value)
+  cli.input_file(_INTERACTIONS, _INTERACTIONS.value, required=False)
+  cli.input_file(_ITEMS, _ITEMS.value, required=False)
+  cli.encoding(_ENCODING, _ENCODING.value)
+  if _DOMAIN.value is not None:
+    from bigrec_jax.data import prompts
+
+    cli.names(_DOMAIN, [_DOMAIN.value], prompts.DOMAINS)
+  for flag, low in ((_VALID_TEST_SIZE, 1), (_HISTORY_LEN, 1), (_MIN_HISTORY, 1), (_SAMPLE, -1)):
+    if flag.value is not None and flag.value < low:
+      raise UserError(f"--{flag.name}={flag.value}: must be >= {low}")
+  train, valid = _TRAIN_FRACTION.value, _VALID_FRACTION.value
+  if not (0 < train and 0 <= valid and train + valid <= 1):
+    raise UserError(f"--train_fraction={train} --valid_fraction={valid}: the train fraction must "
+                    "be positive, the valid fraction >= 0, and they sum to at most 1 (test gets "
+                    "the rest)")
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  _check_flags()
   options = prepare.PrepareOptions(
       history_len=_HISTORY_LEN.value, min_history=_MIN_HISTORY.value,
       keep_last_of_short_users=_KEEP_LAST.value, target_rating_above=_TARGET_RATING.value,

@@ -32,10 +32,13 @@ _INTERACTIVE = flags.DEFINE_bool("interactive", False, "Read liked titles from s
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; pass titles with --liked")
-  if not _DATA.value:
-    raise UserError("--data_dir is required (a directory written by launch/prepare_data.py)")
-  if _K.value < 1 or _GAMMA.value < 0 or _BEAMS.value < 1 or _NEW.value < 1:
-    raise UserError("--k, --num_beams and --max_new_tokens must be >= 1 and --gamma_pop >= 0")
+  cli.input_dir(_DATA, _DATA.value, "a directory written by launch/prepare_data.py")
+  for flag in (_ADAPTER, _MODEL):
+    if flag.value and not os.path.exists(flag.value):
+      raise UserError(f"--{flag.name}={flag.value}: no such file or directory")
+  for flag, low in ((_K, 1), (_BEAMS, 1), (_NEW, 1), (_GAMMA, 0)):
+    if flag.value < low:
+      raise UserError(f"--{flag.name}={flag.value}: must be >= {low}")
   liked = list(_LIKED.value)
   if _INTERACTIVE.value:
     print("Type the titles you liked, one per line; an empty line ends the list.")

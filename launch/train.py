@@ -34,8 +34,7 @@ _INIT_DISTRIBUTED = cli.define_multihost_flags()
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  if not _WORKDIR.value:
-    raise UserError("--workdir is required")
+  cli.output_dir(_WORKDIR, _WORKDIR.value)
   config = _CONFIG.value
   loop.validate_config(config, check_devices=False)
   _INIT_DISTRIBUTED()

@@ -34,8 +34,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Run seed: few-shot sample, initialisati
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-  if not _DATA_DIR.value or not _WORKDIR.value:
-    raise UserError("--data_dir and --workdir are required")
+  cli.input_dir(_DATA_DIR, _DATA_DIR.value, "a prepared-data directory")
+  cli.output_dir(_WORKDIR, _WORKDIR.value)
+  if _SAMPLE.value < -1:
+    raise UserError(f"--sample={_SAMPLE.value}: must be -1 (all rows) or >= 0")
   run.train_and_evaluate(_CONFIG.value, model=_MODEL.value, data_dir=_DATA_DIR.value,
                          workdir=_WORKDIR.value, sample=_SAMPLE.value, seed=_SEED.value)
 

@@ -45,7 +45,7 @@ def read_titles(meta_path: str, min_title_chars: int = MIN_TITLE_CHARS) -> tuple
   """{asin: cleaned title} for items with a usable title, and how many items had none."""
   found: dict[str, str] = {}
   untitled: set[str] = set()
-  for lineno, text in raw.numbered_lines(meta_path, "utf-8", "metadata"):
+  for lineno, text in raw.numbered_lines(meta_path, "utf-8", "metadata", final_newline=False):
     record = _record(meta_path, lineno, text, allow_python_literal=True)
     asin = _string_field(meta_path, lineno, record, "asin")
     title = record.get("title")
@@ -67,7 +67,7 @@ def read_amazon(reviews_path: str, meta_path: str, *, name: str = "amazon",
   users, items, ratings, stamps = [], [], [], []
   dropped = {"items_without_title": untitled, "reviews_of_items_without_title": 0,
              "reviews_without_rating_or_time": 0}
-  for lineno, text in raw.numbered_lines(reviews_path, "utf-8", "reviews"):
+  for lineno, text in raw.numbered_lines(reviews_path, "utf-8", "reviews", final_newline=False):
     record = _record(reviews_path, lineno, text, allow_python_literal=False)
     user = _string_field(reviews_path, lineno, record, "reviewerID")
     asin = _string_field(reviews_path, lineno, record, "asin")

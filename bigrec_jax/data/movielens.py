@@ -5,6 +5,8 @@ their line in movies.dat); interactions with a movie missing from it are an erro
 """
 from __future__ import annotations
 
+from absl import logging
+
 from bigrec_jax.data import raw, titles as titles_lib
 from bigrec_jax.files import UserError
 
@@ -86,6 +88,9 @@ def read_ml_dat(ratings_path: str, movies_path: str, *, name: str = "ml-1m",
                               titles_lib.clean_title("::".join(parts[1:-1]))))
     linenos.append(lineno)
   index = _catalog_index(movies_path, item_raw_ids, linenos)
+  warning = raw.utf8_read_as_latin(movies_path, encoding, list(zip(linenos, names)))
+  if warning:
+    logging.warning("%s", warning)
 
   users, items, ratings, stamps = [], [], [], []
   for lineno, text in raw.numbered_lines(ratings_path, encoding, "ratings.dat"):

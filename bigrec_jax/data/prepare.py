@@ -132,9 +132,11 @@ def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> Datas
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise UserError(f"{out_dir}: exists and is not a directory")
   if options.eval_sample_size < 1:
-    raise UserError(f"valid/test sample size must be >= 1, got {options.eval_sample_size}")
+    raise UserError(f"valid/test sample size (--valid_test_size, --config.data.valid_test_size) "
+                    f"must be >= 1, got {options.eval_sample_size}")
   if options.few_shot_sample < -1:
-    raise UserError(f"few-shot sample must be -1 (all) or >= 0, got {options.few_shot_sample}")
+    raise UserError(f"few-shot sample (--sample, --config.data.sample) must be -1 (all) or >= 0, "
+                    f"got {options.few_shot_sample}")
   if options.title_articles not in titles_lib.TITLE_ARTICLE_STYLES:
     raise UserError(f"title_articles must be one of {titles_lib.TITLE_ARTICLE_STYLES}, "
                     f"got {options.title_articles!r}")

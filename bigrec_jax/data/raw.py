@@ -57,8 +57,14 @@ def _open_binary(path: str):
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def numbered_lines(path: str, encoding: str = "utf-8", what: str = "input") -> Iterator[tuple[int, str]]:
-  """(1-based line number, text without the line break) for every non-empty line."""
+def numbered_lines(path: str, encoding: str = "utf-8", what: str = "input",
+                   final_newline: bool = True) -> Iterator[tuple[int, str]]:
+  """(1-based line number, text without the line break) for every non-empty line.
+
+  With `final_newline` (line-delimited records whose last field could be cut anywhere, e.g.
+  `94::208::4::891` from a download that stopped early) a last line without a line break is an
+  error naming the file and line: such a record cannot be told from a complete one.
+  """
   require_file(path, what)
   try:
     with _open_binary(path) as f:
@@ -68,11 +74,46 @@ def numbered_lines(path: str, encoding: str = "utf-8", what: str = "input") -> I
         except UnicodeDecodeError as e:
           raise UserError(f"{path}:{lineno}: not valid {encoding} ({e.reason} at column "
                           f"{e.start + 1}); pass the right encoding") from None
+        if final_newline and not raw.endswith(b"\n") and text.strip():
+          raise UserError(f"{path}:{lineno}: the last line has no line break, so the file looks "
+                          f"cut short inside its last record ({text[-60:]!r}); fetch the file "
+                          "again, or end the line with a line break if the record is complete")
         text = text.rstrip("\r\n")
         if text.strip():
           yield lineno, text
   except (OSError, EOFError) as e:  # e.g. a truncated .gz
     raise UserError(f"{path}: cannot be read ({e})") from None
+
+
+_LATIN = {"iso8859-1", "latin-1", "cp1252", "iso8859-15"}
+
+
+def utf8_read_as_latin(path: str, encoding: str, texts: list[tuple[int, str]]) -> str | None:
+  """A warning when `texts` (line, text) read with a Latin codec look like UTF-8 bytes.
+
+  'MisÃ©rables' is 'Misérables' written in UTF-8 and read as ISO-8859-1; a real ISO-8859-1
+  file (the ML-1M/10M originals) has lone high bytes that are not valid UTF-8, so it never
+  matches.
+  """
+  import codecs
+
+  if codecs.lookup(encoding).name not in _LATIN:
+    return None
+  hits = []
+  for lineno, text in texts:
+    if text.isascii():
+      continue
+    try:
+      fixed = text.encode(encoding).decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+      continue
+    if fixed != text:
+      hits.append((lineno, text, fixed))
+  if not hits:
+    return None
+  lineno, text, fixed = hits[0]
+  return (f"{path}: {len(hits)} line(s) look like UTF-8 read as {encoding} (line {lineno}: "
+          f"{text[:60]!r} would be {fixed[:60]!r}); if the file is UTF-8, pass --encoding=utf-8")
 
 
 def parse_int(path: str, lineno: int, field: str, text: str) -> int:

@@ -42,7 +42,8 @@ class SequenceRules:
       raise UserError(f"min_history must be >= 1 (a target needs a history), got {self.min_history}")
     if not (0 < self.train_fraction and 0 <= self.valid_fraction
             and self.train_fraction + self.valid_fraction <= 1):
-      raise UserError(f"split fractions train={self.train_fraction} valid={self.valid_fraction} "
+      raise UserError(f"split fractions --train_fraction={self.train_fraction} "
+                      f"--valid_fraction={self.valid_fraction} "
                       "must be positive and sum to at most 1 (test gets the rest)")
     return self
 

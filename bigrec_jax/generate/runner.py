@@ -309,9 +309,9 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
       if problem:
         raise UserError(f"{input_path}: row {i}: {problem}")
     inputs.append(rows)
-  titles = read_titles(items) if options.constrained or items else None
-  if options.constrained and not titles:
+  if options.constrained and not items:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
+  titles = read_titles(items) if items else None
   mesh = parallel.make_mesh(mesh_shape)
   model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype)
   generator = Generator(model, options, titles=titles, mesh=mesh)
