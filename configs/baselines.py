@@ -1,7 +1,8 @@
 """Hyperparameters of the sequential baselines (launch/train_baseline.py).
 
 The model, data dir, workdir, few-shot sample size and seed are flags; everything here can be
-overridden with --config.<field>=value, e.g. --config.train.max_epochs=5 --config.sasrec.heads=2.
+overridden with --config.<field>=value, e.g. --config.train.max_epochs=5 --config.sasrec.heads=2
+or --config.dros.alpha=0.5.
 """
 from __future__ import annotations
 
@@ -24,4 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.gru4rec = ml_collections.ConfigDict(dict(embed_dim=64, hidden=128, dropout=0.2))
   config.caser = ml_collections.ConfigDict(dict(embed_dim=64, horizontal=16, vertical=4,
                                                 dropout=0.3))
+  # DROS (bigrec_jax/baselines/dros.py): the backbone (its section above holds its network)
+  # trained with its loss + alpha * the DRO term. Reference defaults (YangZhengyi98/DROS):
+  # BCE with one sampled negative, beta (robust radius) 1.0, propensity exponent 0.05. The
+  # reference's alpha default is 0 (DRO off); alpha=1.0 is our choice (README, DROS).
+  config.dros = ml_collections.ConfigDict(dict(backbone="sasrec", loss="bce", alpha=1.0,
+                                               beta=1.0, ps_power=0.05))
   return config

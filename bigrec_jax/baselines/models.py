@@ -11,7 +11,8 @@ from bigrec_jax.baselines.sasrec import SASRec
 from bigrec_jax.files import UserError
 
 TRAINED = {"sasrec": SASRec, "gru4rec": GRU4Rec, "caser": Caser}
-MODELS = tuple(TRAINED) + ("mostpop",)
+# dros trains a TRAINED backbone with the DROS objective (dros.py); mostpop counts.
+MODELS = tuple(TRAINED) + ("mostpop", "dros")
 
 
 def build_model(name: str, num_items: int, max_len: int,
@@ -26,3 +27,23 @@ def build_model(name: str, num_items: int, max_len: int,
   if unknown:
     raise UserError(f"config for {name}: unknown field(s) {unknown}; known: {sorted(known)}")
   return cls(num_items=num_items, max_len=max_len, **hparams)
+
+
+def backbone_name(name: str, config: Mapping[str, Any]) -> str:
+  """The network a trained baseline runs: itself, or DROS's `config.dros.backbone`."""
+  if name == "dros":
+    from bigrec_jax.baselines import dros  # dros reads TRAINED from here
+
+    return dros.DROSSettings.from_mapping(config.get("dros")).backbone
+  return name
+
+
+def build_from_config(name: str, config: Mapping[str, Any], num_items: int,
+                      max_len: int) -> nn.Module:
+  """The module a baseline's checkpoint holds, from the baselines config (configs/baselines.py).
+
+  DROS changes only the training objective: its checkpoint is its backbone's parameters, with
+  the backbone's own config section (e.g. config.sasrec) as hyperparameters.
+  """
+  backbone = backbone_name(name, config)
+  return build_model(backbone, num_items, max_len, dict(config.get(backbone, {})))

@@ -8,8 +8,10 @@ the run is complete):
 - metrics.json: the grounding stage's layout, {"num_items", "ks", "counts": {split: {"rows",
   "empty_predictions"}}, "methods": {model: {"valid": {"NDCG@K", "HR@K"}, "test": {...}}}},
   ranked over the whole catalog;
-- run.json: model, settings, best epoch, epochs, seconds and the per-epoch validation curve;
-- checkpoints/: orbax checkpoint of the best parameters (trained models only).
+- run.json: model, settings (DROS: backbone and DROS settings), best epoch, epochs, seconds and
+  the per-epoch validation curve;
+- checkpoints/: orbax checkpoint of the best parameters (trained models only; DROS: its
+  backbone's, `models.build_from_config` rebuilds the module).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from bigrec_jax import files
 from bigrec_jax.baselines import data as data_lib
-from bigrec_jax.baselines import models, trainer
+from bigrec_jax.baselines import dros, models, trainer
 from bigrec_jax.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from bigrec_jax.files import UserError
 
@@ -54,7 +56,8 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
                        log: Callable[[str], None] | None = None) -> dict:
   """Trains `model` on the prepared data (or its few-shot sample), exports scores, returns metrics.
 
-  config: `max_len`, `train` (TrainSettings fields) and one section per model (its fields).
+  config: `max_len`, `train` (TrainSettings fields) and one section per model (its fields);
+  `dros` (DROSSettings fields) names the backbone whose section DROS trains.
   Returns metrics.json's content.
   """
   log = log or functools.partial(print, flush=True)  # progress shows up in piped logs too
@@ -71,14 +74,21 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
               for s in data_lib.SPLITS}
     ranks = {s: all_rank(scores[s], data.split(s).targets) for s in data_lib.SPLITS}
   else:
-    hparams = dict(config.get(model, {}))
-    module = models.build_model(model, data.num_items, data.max_len, hparams)
+    backbone = models.backbone_name(model, config)
+    hparams = dict(config.get(backbone, {}))
+    module = models.build_model(backbone, data.num_items, data.max_len, hparams)
+    objective = None  # the trainer's softmax cross-entropy
+    if model == "dros":
+      dros_settings = dros.DROSSettings.from_mapping(config.get("dros"))
+      counts = dros.target_counts(data.train.targets, data.num_items)
+      objective = dros.make_objective(dros_settings, counts)
+      info.update(backbone=backbone, dros=vars(dros_settings))
     settings = trainer.TrainSettings.from_mapping(dict(config["train"]), seed=seed)
     os.makedirs(workdir, exist_ok=True)  # only once the config is known good
     mesh = trainer.local_mesh()
     scorer = trainer.Scorer(module, mesh, settings.eval_batch_size)
     result = trainer.train(module, data, settings, os.path.join(workdir, "checkpoints"),
-                           mesh=mesh, scorer=scorer, log=log)
+                           mesh=mesh, scorer=scorer, objective=objective, log=log)
     scores, ranks = {}, {}
     for s in data_lib.SPLITS:
       scores[s], ranks[s] = scorer(result.params, data.split(s), keep_scores=True)

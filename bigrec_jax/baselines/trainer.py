@@ -1,10 +1,10 @@
 """Training and all-rank scoring for the Flax baselines.
 
-Full-softmax cross-entropy over the whole catalog, AdamW, one jitted step per fixed-shape
-batch (the last batch is padded with zero-weight rows, so jit compiles one shape), early
-stopping on validation NDCG@10, and an orbax checkpoint of the best parameters, which are what
-the scores are exported from. Batches are laid out with the project's mesh helpers, so the same
-code runs data parallel when more devices are present.
+Full-softmax cross-entropy over the whole catalog (or another objective: DROS's), AdamW, one
+jitted step per fixed-shape batch (the last batch is padded with zero-weight rows, so jit
+compiles one shape), early stopping on validation NDCG@10, and an orbax checkpoint of the best
+parameters, which are what the scores are exported from. Batches are laid out with the
+project's mesh helpers, so the same code runs data parallel when more devices are present.
 """
 from __future__ import annotations
 
@@ -119,12 +119,24 @@ class Scorer:
     return (np.concatenate(scores) if keep_scores else None), np.concatenate(ranks)
 
 
+def softmax_cross_entropy(logits, target, weights, rng=None):
+  """The baselines' loss: full-catalog cross-entropy, averaged over the real (weight-1) rows."""
+  del rng  # deterministic given the logits
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), target)
+  return (ce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    replicated=None) -> Callable:
+                    replicated=None, objective: Callable | None = None) -> Callable:
+  """objective(logits, target, weights, rng) -> scalar loss; default softmax_cross_entropy.
+
+  rng is the step's dropout key (DROS folds it to draw its sampled negatives).
+  """
+  objective = objective or softmax_cross_entropy
+
   def loss_fn(params, history, target, weights, rng):
     logits = model.apply({"params": params}, history, train=True, rngs={"dropout": rng})
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), target)
-    return (ce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+    return objective(logits, target, weights, rng)
 
   # Outputs keep the inputs' (replicated) sharding, so the next call reuses this compilation.
   @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=replicated)
@@ -161,9 +173,12 @@ def restore_best(checkpoint_dir: str, like: Any) -> Any:
 
 
 def train(model: nn.Module, data: BaselineData, settings: TrainSettings, checkpoint_dir: str,
-          *, mesh=None, scorer: Scorer | None = None,
+          *, mesh=None, scorer: Scorer | None = None, objective: Callable | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
-  """Trains until validation NDCG@10 stops improving; returns the best (checkpointed) params."""
+  """Trains until validation NDCG@10 stops improving; returns the best (checkpointed) params.
+
+  objective: the training loss (make_train_step); None = softmax_cross_entropy.
+  """
   mesh = mesh if mesh is not None else local_mesh()
   batch_size = _rounded(settings.batch_size, parallel.data_parallel_size(mesh))
   # Dropout masks from XLA's RngBitGenerator: threefry bits cost more than the model on CPU.
@@ -171,7 +186,7 @@ def train(model: nn.Module, data: BaselineData, settings: TrainSettings, checkpo
   params = init_params(model, data.max_len, settings.seed, mesh)
   optimizer = make_optimizer(settings)
   opt_state = jax.device_put(optimizer.init(params), parallel.replicated(mesh))
-  step_fn = make_train_step(model, optimizer, parallel.replicated(mesh))
+  step_fn = make_train_step(model, optimizer, parallel.replicated(mesh), objective)
   scorer = scorer or Scorer(model, mesh, settings.eval_batch_size)
 
   if os.path.exists(checkpoint_dir):  # a fresh run: stale checkpoints would shadow the new best
