@@ -93,7 +93,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     f"({config.generate.num_return_sequences})")
   for spec in config.pipeline.get("compare", ()):
     compare.parse_run(spec, "--config.pipeline.compare")
-  unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop"}
+  unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop", "dros"}
   if unknown_models:
     raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
 
