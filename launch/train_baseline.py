@@ -4,6 +4,11 @@
   python launch/train_baseline.py --model=mostpop --data_dir=/tmp/ml100k --workdir=runs/mostpop
   python launch/train_baseline.py --model=gru4rec --data_dir=/tmp/ml100k --workdir=runs/gru_n1024 \
       --sample=1024 --seed=0 --config.train.max_epochs=20
+  python launch/train_baseline.py --model=dros --data_dir=/tmp/ml100k --workdir=runs/dros \
+      --config.dros.backbone=gru4rec --config.dros.alpha=0.5
+
+DROS trains its backbone (--config.dros.backbone, SASRec by default, with that model's config
+section) on the backbone loss + alpha * the DRO term (bigrec_jax/baselines/dros.py).
 
 Writes scores_valid_5000.npy / scores_test_5000.npy (rows aligned with valid_5000.json /
 test_5000.json, for launch/evaluate.py --cf_valid_scores/--cf_test_scores), metrics.json,

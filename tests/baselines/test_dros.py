@@ -151,3 +151,35 @@ def test_dros_sasrec_beats_mostpop_on_ml100k(ml100k_dir, tmp_path):
   print(f"ML-100K test_5000  MostPop NDCG@10 {pop['NDCG@10']:.4f} HR@10 {pop['HR@10']:.4f} | "
         f"DROS (1 epoch) NDCG@10 {got['NDCG@10']:.4f} HR@10 {got['HR@10']:.4f}")
   assert got["NDCG@10"] > pop["NDCG@10"]
+
+
+def test_pipeline_trains_dros_and_injects_it_as_a_cf_source(rule_dir, tmp_path, monkeypatch):
+  """baselines.models / ground.cf_sources accept dros; the evaluate stage reads its scores."""
+  import shutil
+
+  from bigrec_jax import pipeline
+  from bigrec_jax.evaluate import run as evaluate_run
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.baselines.models = ("dros", "mostpop")
+  config.ground.cf_sources = ("dros",)
+  pipeline.check_config(config)
+  paths = pipeline.Paths(str(tmp_path))
+  shutil.copytree(rule_dir, paths.data)
+  pipeline.baselines_stage(config, paths, log=print)
+  info = json.loads(open(os.path.join(paths.baseline_dir("dros"), "run.json")).read())
+  assert info["backbone"] == "sasrec" and info["dros"]["alpha"] == config.baselines.dros.alpha
+
+  seen = {}
+
+  def fake_evaluate(opts, log):  # grounding itself needs predictions and the LLM: not here
+    seen["opts"] = opts
+    return {"methods": {}}
+
+  monkeypatch.setattr(evaluate_run, "evaluate_predictions", fake_evaluate)
+  pipeline.evaluate_stage(config, paths, log=print)
+  opts = seen["opts"]
+  assert list(opts.cf_names) == ["dros"]
+  for split, path in (("valid", opts.cf_valid_scores[0]), ("test", opts.cf_test_scores[0])):
+    assert path == run.scores_path(paths.baseline_dir("dros"), split) and os.path.exists(path)

@@ -22,7 +22,7 @@ def test_help():
   result = launch("--help")
   # absl prints the usage and exits with status 1 after --help (its convention), before main.
   assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
-  for flag in ("--model", "sasrec|gru4rec|caser|mostpop", "--data_dir", "--workdir", "--sample",
+  for flag in ("--model", "sasrec|gru4rec|caser|mostpop|dros", "--data_dir", "--workdir", "--sample",
                "--config"):
     assert flag in result.stdout
 
@@ -44,6 +44,13 @@ def test_bad_input_exits_2_without_traceback(args):
 def test_bad_sample_exits_2(rule_dir, tmp_path):
   result = launch(f"--data_dir={rule_dir}", f"--workdir={tmp_path}", "--sample=0")
   assert result.returncode == 2 and "--sample=0" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_bad_dros_backbone_exits_2(rule_dir, tmp_path):
+  result = launch("--model=dros", f"--data_dir={rule_dir}", f"--workdir={tmp_path}",
+                  "--config.dros.backbone=mostpop")
+  assert result.returncode == 2 and "config.dros.backbone='mostpop'" in result.stderr
   assert "Traceback" not in result.stderr
 
 
