@@ -64,6 +64,8 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
   if model not in models.MODELS:
     raise UserError(f"--model={model}: choose one of {', '.join(models.MODELS)}")
   start = time.perf_counter()
+  if model != "mostpop":  # config errors before the data loads (and before workdir exists)
+    trainer.TrainSettings.from_mapping(dict(config["train"]), seed=seed)
   data = data_lib.load(data_dir, max_len=int(config["max_len"]), sample=sample, seed=seed)
   log(f"[baseline] {model}: {len(data.train)} training rows, {data.num_items} items, "
       f"{len(data.valid)} valid / {len(data.test)} test rows")
