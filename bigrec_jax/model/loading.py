@@ -42,10 +42,15 @@ class LoadedModel:
 
 
 def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: str = "float32",
-               mesh=None, remat: bool = False, matmul_dtype: str = "") -> LoadedModel:
+               mesh=None, remat: bool = False, matmul_dtype: str = "",
+               tokenizer: str | None = None, check_tokenizer_vocab: bool = True) -> LoadedModel:
   """Loads a GGUF file or an HF directory (None: the embedded SmolLM2-135M-Instruct GGUF).
 
-  matmul_dtype: operands of the base-weight products ("" = dtype; see LlamaConfig)."""
+  matmul_dtype: operands of the base-weight products ("" = dtype; see LlamaConfig).
+  tokenizer: a directory with the tokenizer files, for weights that come without them (default:
+  the model's own directory, or the tokenizer inside the GGUF file).
+  check_tokenizer_vocab: refuse a tokenizer with more tokens than the model's vocab_size; False
+  only for synthetic checkpoints (tests) that pair a tiny embedding with a real tokenizer."""
   path = path or assets.smollm2_gguf()
   if not os.path.exists(path):
     raise UserError(f"{path}: model not found (expected a .gguf file or an HF directory with "
@@ -66,19 +71,65 @@ def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: 
                                  matmul_dtype=matmul_dtype)
   except (KeyError, ValueError) as e:
     raise UserError(f"{config_path}: {e}") from None
+  if tokenizer is not None and not os.path.isdir(tokenizer):
+    raise UserError(f"--tokenizer={tokenizer}: not a directory (expected one holding "
+                    "tokenizer.json or tokenizer.model, e.g. the original model's directory)")
+  # The tokenizer first: a missing or wrong one is the cheaper mistake to report.
+  tok = load_tokenizer(tokenizer or hf_dir, config.pad_token_id,
+                       vocab_size=config.vocab_size if check_tokenizer_vocab else None)
   reader = _SafetensorsDir(hf_dir)
   params = _build_params(config, reader, mesh)
-  return LoadedModel(config, params, load_tokenizer(hf_dir, config.pad_token_id), path)
+  return LoadedModel(config, params, tok, path)
 
 
-def load_tokenizer(hf_dir: str, pad_token_id: int = 0):
-  """The checkpoint's tokenizer, left-padding with `pad_token_id` (0, as the reference sets)."""
+# Files transformers builds a tokenizer from: any one of these groups is enough.
+_TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+# A title-like string every real tokenizer of these models encodes and decodes unchanged.
+_SAMPLE_TEXT = "Toy Story (1995)"
+
+
+def load_tokenizer(hf_dir: str, pad_token_id: int = 0, vocab_size: int | None = None):
+  """The checkpoint's tokenizer, left-padding with `pad_token_id` (0, as the reference sets).
+
+  Checked to be real (transformers may build an empty tokenizer from a folder without
+  vocabulary files, which then encodes every title to no ids): its files are present, it has no
+  more tokens than `vocab_size` (the model's, when given), and a sample title round-trips."""
   from transformers import AutoTokenizer
 
-  tok = AutoTokenizer.from_pretrained(hf_dir)
+  _require_tokenizer_files(hf_dir)
+  try:
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+  except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError...)
+    raise UserError(f"{hf_dir}: the tokenizer could not be loaded ({type(e).__name__}: {e})"
+                    ) from None
+  _check_tokenizer(tok, hf_dir, vocab_size)
   tok.padding_side = "left"
   tok.pad_token = tok.convert_ids_to_tokens(pad_token_id)
   return tok
+
+
+def _require_tokenizer_files(directory: str) -> None:
+  present = set(os.listdir(directory))
+  if any(set(group) <= present for group in _TOKENIZER_FILES):
+    return
+  partial = [g for g in _TOKENIZER_FILES if set(g) & present]
+  missing = (sorted(set(partial[0]) - present)[0] if partial else "tokenizer.json")
+  raise UserError(f"{os.path.join(directory, missing)}: missing, so there is no tokenizer "
+                  "(transformers needs tokenizer.json, tokenizer.model, or vocab.json + "
+                  "merges.txt); copy the model's tokenizer files next to its weights or pass "
+                  "--tokenizer=DIR")
+
+
+def _check_tokenizer(tok, directory: str, vocab_size: int | None) -> None:
+  if vocab_size is not None and len(tok) > vocab_size:
+    raise UserError(f"{directory}: the tokenizer has {len(tok)} tokens but the model's "
+                    f"vocab_size is {vocab_size}, so it belongs to another model; pass the "
+                    "model's own tokenizer with --tokenizer=DIR")
+  ids = tok(_SAMPLE_TEXT, add_special_tokens=False)["input_ids"]
+  text = tok.decode(ids).strip() if ids else ""
+  if text != _SAMPLE_TEXT:
+    raise UserError(f"{directory}: the tokenizer is not usable: {_SAMPLE_TEXT!r} encodes to "
+                    f"{ids[:8]} and decodes to {text!r}; its files are incomplete or damaged")
 
 
 class _SafetensorsDir:
@@ -239,7 +290,8 @@ def _convert_gguf(path: str) -> str:
   with atomic_path(os.path.join(out, "model.safetensors")) as tmp:
     save_file(weights, tmp)
   write_json(os.path.join(out, "config.json"), config)
-  _save_gguf_tokenizer(path, out)
+  if "tokenizer.ggml.model" in reader.fields:  # else load_model reports it (or uses --tokenizer)
+    _save_gguf_tokenizer(path, out)
   write_json(done, {"source": os.path.abspath(path)})
   return out
 
@@ -247,6 +299,10 @@ def _convert_gguf(path: str) -> str:
 def _save_gguf_tokenizer(gguf_path: str, out: str) -> None:
   from transformers import AutoTokenizer
 
-  tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
-                                      gguf_file=os.path.basename(gguf_path))
+  try:
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                        gguf_file=os.path.basename(gguf_path))
+  except Exception as e:  # transformers' GGUF tokenizer conversion raises many types
+    raise UserError(f"{gguf_path}: its tokenizer could not be read ({type(e).__name__}: {e}); "
+                    "pass --tokenizer=DIR") from None
   tok.save_pretrained(out)

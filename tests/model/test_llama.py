@@ -79,7 +79,8 @@ def _save_tiny_hf(tmp_path, hf_config, seed=0):
   config = AutoConfig.for_model(**hf_config)
   model = AutoModelForCausalLM.from_config(config).eval()
   model.save_pretrained(tmp_path)
-  # A tokenizer is required by load_model: reuse the SmolLM2 one (vocab ids < its size).
+  # A tokenizer is required by load_model: reuse the SmolLM2 one (larger than the tiny vocab,
+  # hence check_tokenizer_vocab=False; the tests feed token ids, not text).
   from bigrec_jax.model.loading import _convert_gguf
   from bigrec_jax import assets
   from transformers import AutoTokenizer
@@ -101,7 +102,7 @@ def test_tiny_hf_checkpoints_match_transformers(tmp_path, kind):
   else:
     hf_cfg = dict(model_type="qwen2", rope_theta=1e6, tie_word_embeddings=True, **TINY)
   hf_model = _save_tiny_hf(tmp_path, hf_cfg)
-  ours = load_model(str(tmp_path))
+  ours = load_model(str(tmp_path), check_tokenizer_vocab=False)
   if kind == "qwen2":
     assert ours.config.attention_bias and "bias" in ours.params["layers"]["q_proj"]
     # Random init leaves biases at zero: make them matter.
@@ -110,7 +111,7 @@ def test_tiny_hf_checkpoints_match_transformers(tmp_path, kind):
         for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
           proj.bias.normal_()
     hf_model.save_pretrained(tmp_path)
-    ours = load_model(str(tmp_path))
+    ours = load_model(str(tmp_path), check_tokenizer_vocab=False)
   else:
     assert ours.config.rope_scaling_dict["rope_type"] == "llama3"
   rng = np.random.default_rng(0)
