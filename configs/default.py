@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.valid_sample = -1  # rows of it used (-1 = all)
 
   c.train = ml_collections.ConfigDict()
+  # "lora": adapters on the frozen base (the paper); "full": every weight, float32 master copies
+  # sharded over the mesh's fsdp axis; the output is an HF checkpoint in WORKDIR/model.
+  c.train.mode = "lora"
   c.train.learning_rate = 1e-4
   c.train.warmup_steps = 20
   c.train.weight_decay = 0.0

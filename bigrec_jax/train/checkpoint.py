@@ -1,8 +1,11 @@
-"""Orbax checkpoints of a LoRA run: train state, best adapter so far, and the loop's bookkeeping.
+"""Orbax checkpoints of a run: train state, best trainable tree so far, the loop's bookkeeping.
 
-One checkpoint = {state: TrainState (LoRA, optimizer state, step, RNG), best: the best adapter
-so far, meta: JSON (epoch, data position, early-stopping counters, fingerprint)}. It is one
-unit, so a resumed run continues exactly where the saved one stood.
+One checkpoint = {state: TrainState (LoRA or, in full fine-tuning, all params; optimizer state,
+step, RNG), best: the best adapter (or params) so far, meta: JSON (training mode, epoch, data
+position, early-stopping counters, fingerprint)}. It is one unit, so a resumed run continues
+exactly where the saved one stood. Sharded arrays are written by every process (orbax), each
+its own shards. A checkpoint of the other training mode is refused with a UserError: it is a
+different run, not a corrupt one.
 
 Kept: the latest `keep` checkpoints plus the one with the best validation loss (orbax
 preservation policies). Orbax finalises a checkpoint by renaming its temporary directory, so a
@@ -25,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from bigrec_jax.files import UserError
 from bigrec_jax.train.step import TrainState
 
 _GOLDEN = np.uint32(0x9E3779B1)
@@ -63,8 +67,14 @@ def fingerprint(tree) -> int:
   return int(jax.device_get(_fingerprint(tree)))
 
 
-def _state_dict(state: TrainState) -> dict[str, Any]:
-  return {"step": state.step, "lora": state.lora, "opt_state": state.opt_state, "rng": state.rng}
+def _trainable_key(mode: str) -> str:
+  """The state's trainable tree is saved as "lora" (the original layout) or "params"."""
+  return "params" if mode == "full" else "lora"
+
+
+def _state_dict(state: TrainState, mode: str) -> dict[str, Any]:
+  return {"step": state.step, _trainable_key(mode): state.trainable,
+          "opt_state": state.opt_state, "rng": state.rng}
 
 
 def _abstract(tree, shardings):
@@ -76,12 +86,18 @@ class CheckpointCorrupt(Exception):
   pass
 
 
+class ModeMismatch(UserError):
+  """The workdir's checkpoints were written by a run of the other training mode."""
+
+
 class Checkpoints:
   """Saves and restores run checkpoints under `directory` (collective on multi-host)."""
 
-  def __init__(self, directory: str, keep: int = 2, *, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 2, *, async_save: bool = True,
+               mode: str = "lora"):
     self.directory = os.path.abspath(directory)
     self.keep = keep
+    self.mode = mode  # "lora" | "full": recorded in every checkpoint's meta
     self._async = async_save
     self._manager = self._open()
 
@@ -108,8 +124,8 @@ class Checkpoints:
            val_loss: float | None = None) -> None:
     """Saves at `state.step`; meta gets the fingerprint of the arrays saved with it."""
     step = int(jax.device_get(state.step))
-    arrays = {"state": _state_dict(state), "best": best_lora}
-    meta = {**meta, "step": step, "fingerprint": fingerprint(arrays)}
+    arrays = {"state": _state_dict(state, self.mode), "best": best_lora}
+    meta = {**meta, "step": step, "mode": self.mode, "fingerprint": fingerprint(arrays)}
     if step in self._manager.all_steps():  # same step, newer bookkeeping (e.g. its val loss)
       self._manager.wait_until_finished()
       self._manager.delete(step)
@@ -127,7 +143,8 @@ class Checkpoints:
 
   def _restore_step(self, step: int, abstract_state: TrainState, state_shardings: TrainState,
                     abstract_best, best_shardings):
-    state_target = _abstract(_state_dict(abstract_state), _state_dict(state_shardings))
+    state_target = _abstract(_state_dict(abstract_state, self.mode),
+                             _state_dict(state_shardings, self.mode))
     best_target = _abstract(abstract_best, best_shardings)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state_target), best=ocp.args.StandardRestore(best_target),
@@ -139,7 +156,8 @@ class Checkpoints:
       raise CheckpointCorrupt(f"fingerprint {got} does not match the saved "
                               f"{meta.get('fingerprint')} (step {meta.get('step')})")
     s = restored["state"]
-    state = TrainState(step=s["step"], lora=s["lora"], opt_state=s["opt_state"], rng=s["rng"])
+    state = TrainState(step=s["step"], trainable=s[_trainable_key(self.mode)],
+                       opt_state=s["opt_state"], rng=s["rng"])
     return state, restored["best"], meta
 
   def restore_latest(self, abstract_state: TrainState, state_shardings: TrainState,
@@ -147,9 +165,12 @@ class Checkpoints:
     """(state, best_lora, meta) of the newest good checkpoint, or None if there is none.
 
     A checkpoint that cannot be read or whose fingerprint does not match is moved aside with a
-    warning and the previous one is tried.
+    warning and the previous one is tried. One of the other training mode raises ModeMismatch.
     """
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if steps:
+      self._check_mode(steps[0])
+    for step in steps:
       error = None
       try:
         result = self._restore_step(step, abstract_state, state_shardings, abstract_best,
@@ -166,6 +187,22 @@ class Checkpoints:
                       "and falling back to the previous checkpoint", step, self.directory,
                       _short(error) if error else "failed on another process", moved)
     return None
+
+  def _saved_mode(self, step: int) -> str | None:
+    """The mode in a checkpoint's meta ("lora" before modes existed); None if unreadable."""
+    try:
+      meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      return str(dict(meta["meta"]).get("mode", "lora"))
+    except Exception:  # noqa: BLE001 -- unreadable meta: the corrupt-checkpoint path decides
+      return None
+
+  def _check_mode(self, step: int) -> None:
+    saved = self._saved_mode(step)
+    if saved is not None and saved != self.mode:
+      raise ModeMismatch(
+          f"{self.directory}: checkpoint step {step} is from a train.mode={saved} run, but this "
+          f"run has train.mode={self.mode}; resume with --config.train.mode={saved} or use a "
+          "new --workdir")
 
   def _quarantine(self, step: int) -> str:
     """Moves a bad step directory out of the manager's way (kept for inspection)."""

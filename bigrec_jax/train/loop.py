@@ -1,10 +1,15 @@
-"""`train(config, workdir)`: BIGRec step 1, LoRA instruction tuning with early stopping.
+"""`train(config, workdir)`: BIGRec step 1, instruction tuning with early stopping.
+
+`train.mode` = "lora" (the paper: LoRA adapters on a frozen base) or "full" (every weight,
+float32 master copies, sharded with the AdamW moments over the mesh's `fsdp` axis).
 
 Layout of workdir:
   checkpoints/        orbax checkpoints (latest `keep_checkpoints` + best validation loss)
   checkpoints_corrupt/  checkpoints that failed to load, moved aside
   tb/                 TensorBoard scalars (process 0 only)
-  adapter/            best adapter in PEFT format (adapter_config.json + safetensors)
+  adapter/            LoRA: best adapter in PEFT format (adapter_config.json + safetensors)
+  model/              full: best weights as an HF checkpoint (config.json, model.safetensors,
+                      tokenizer files)
   config.json         the run's configuration
   train_summary.json  written last: the run is complete when it exists
 
@@ -31,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from bigrec_jax import files, parallel
 from bigrec_jax.files import UserError
-from bigrec_jax.model import LoraConfig, lora as lora_lib
+from bigrec_jax.model import LoraConfig, export as export_lib, lora as lora_lib
 from bigrec_jax.train import checkpoint as ckpt_lib
 from bigrec_jax.train import optimizer as opt_lib
 from bigrec_jax.train import step as step_lib
@@ -54,6 +59,13 @@ class Preempted(SystemExit):
 
 # ----------------------------------------------------------------------------------------------
 # configuration
+
+
+def mode_of(config) -> str:
+  mode = config.train.get("mode", "lora")
+  if mode not in opt_lib.MODES:
+    raise UserError(f"--config.train.mode must be one of {opt_lib.MODES}, got {mode!r}")
+  return mode
 
 
 def lora_config_of(config) -> LoraConfig:
@@ -102,6 +114,7 @@ def validate_config(config, *, need_data: bool = True, check_devices: bool = Tru
                     f"--config.train.micro_batch_size {t.micro_batch_size}")
   if d.sample < -1 or d.get("valid_sample", -1) < -1:
     raise UserError("--config.data.sample / valid_sample must be -1 (all) or >= 0")
+  mode_of(config)
   if not 0.0 <= config.lora.dropout < 1.0:
     raise UserError(f"--config.lora.dropout must be in [0, 1), got {config.lora.dropout}")
   lora_config_of(config)
@@ -234,11 +247,23 @@ def _to_host(tree):
 def _export_adapter(path: str, lora, lora_config: LoraConfig, model_config, source: str) -> None:
   """PEFT export into a fresh directory, then swapped in (never a half-written adapter/)."""
   host = _to_host(lora)
-  if not parallel.is_main_process():
-    return
+  if parallel.is_main_process():
+    _write_then_swap(path, lambda tmp: lora_lib.export_peft(tmp, host, lora_config, model_config,
+                                                            base_model=source))
+
+
+def _export_model(path: str, params, model_config, tokenizer) -> None:
+  """Full fine-tuning's output: an HF checkpoint directory, swapped in like the adapter."""
+  host = _to_host(params)
+  if parallel.is_main_process():
+    _write_then_swap(path, lambda tmp: export_lib.save_pretrained(tmp, host, model_config,
+                                                                  tokenizer))
+
+
+def _write_then_swap(path: str, write) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
-  lora_lib.export_peft(tmp, host, lora_config, model_config, base_model=source)
+  write(tmp)
   old = f"{path}.old-{os.getpid()}"
   if os.path.exists(path):
     os.replace(path, old)
@@ -253,7 +278,7 @@ def _local_train_batch(local: dict[str, np.ndarray], accum: int) -> dict[str, np
 
 
 def train(config, workdir: str, *, model=None, train_data=None, valid_data=None) -> dict[str, Any]:
-  """Runs (or resumes) LoRA training; returns the summary also written to train_summary.json.
+  """Runs (or resumes) training; returns the summary also written to train_summary.json.
 
   `model` (a LoadedModel), `train_data` / `valid_data` (data.tokenize.Tokenized) replace what
   the config names (tests use tiny models and synthetic sets). Raises TrainingDiverged on a
@@ -264,16 +289,22 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   from bigrec_jax.model import load_model
 
   validate_config(config, need_data=train_data is None)
+  owns_model = model is None
   workdir = os.path.abspath(workdir)
   t = config.train
   mesh = parallel.make_mesh(tuple(config.mesh.shape))
-  lora_config = lora_config_of(config)
+  mode = mode_of(config)
+  lora_config = lora_config_of(config) if mode == "lora" else None  # None: train every weight
   if model is None:
     model = load_model(config.model.path or None, dtype=config.model.dtype,
                        param_dtype=config.model.param_dtype, mesh=mesh, remat=config.model.remat,
-                       matmul_dtype=config.model.get("matmul_dtype", ""))
+                       matmul_dtype=config.model.get("matmul_dtype", ""),
+                       tokenizer=config.model.get("tokenizer") or None)
   model_config = model.config
   params = jax.device_put(model.params, step_lib.param_shardings(model_config, mesh))
+  # The step's frozen argument: the base weights under LoRA; nothing in full fine-tuning, whose
+  # weights live (and are updated) in the train state.
+  frozen = params if mode == "lora" else None
   if train_data is None:
     train_data, valid_data = _load_data(config, model.tokenizer)
   if len(train_data) == 0:
@@ -308,22 +339,28 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh, **step_kw)
   eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, **step_kw)
   state_sh = step_lib.state_shardings(model_config, lora_config, optimizer, mesh)
-  lora_sh = step_lib.lora_shardings(model_config, lora_config, mesh)
+  trainable_sh = step_lib.trainable_shardings(model_config, lora_config, mesh)
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not t.resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise UserError(f"{ckpt_dir} already holds checkpoints and --config.train.resume is off: "
                     "use a new --workdir or turn resume on")
-  checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=t.keep_checkpoints)
-  fresh = step_lib.init_state(model_config, lora_config, optimizer, config.seed, mesh)
+  checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=t.keep_checkpoints, mode=mode)
+  fresh = step_lib.init_state(model_config, lora_config, optimizer, config.seed, mesh,
+                              params=None if mode == "lora" else params)
+  if mode == "full":  # the state holds the weights now: keep no second copy alive
+    del params
+    if owns_model:
+      model.params = None
   restored = None
   if t.resume:
     shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-    restored = checkpoints.restore_latest(shapes(fresh), state_sh, shapes(fresh.lora), lora_sh)
-  # The step donates the state, so the best adapter must be a copy, not a view of it.
-  copy_lora = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=lora_sh)
+    restored = checkpoints.restore_latest(shapes(fresh), state_sh, shapes(fresh.trainable),
+                                          trainable_sh)
+  # The step donates the state, so the best adapter (or weights) must be a copy, not a view.
+  copy_trainable = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=trainable_sh)
   if restored is None:
-    state, best_lora = fresh, copy_lora(fresh.lora)
+    state, best_lora = fresh, copy_trainable(fresh.trainable)
     meta: dict[str, Any] = {"best_val_loss": None, "best_step": 0, "bad_evals": 0,
                             "evaluated_step": 0, "status": "running", "history": []}
   else:
@@ -354,7 +391,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
         return None
       batch = parallel.global_batch_from_local(
           {n: v for n, v in valid_batches.local_batch(k).items() if n != "position_ids"}, mesh)
-      out = eval_step(params, state.lora, batch)
+      out = eval_step(frozen, state.trainable, batch)
       sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     sums = jax.device_get(sums)
     return float(sums["ce_sum"] / max(float(sums["label_tokens"]), 1.0))
@@ -369,7 +406,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
             raise _preempt(save, step, checkpoints, "during validation")
           _record_eval(meta, step, per_epoch, val_loss, t.early_stopping_patience)
           if meta["best_step"] == step:
-            best_lora = copy_lora(state.lora)
+            best_lora = copy_trainable(state.trainable)
           logs.scalars(step, {"eval/loss": val_loss})
           logs.message(f"epoch {step / per_epoch:.2f} step {step}: validation loss {val_loss:.4f}"
                        f" (best {meta['best_val_loss']:.4f} at step {meta['best_step']})")
@@ -388,7 +425,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
         local = _local_train_batch(batches.local_batch(step), accum)
         batch = parallel.global_batch_from_local(local, mesh)
         lr = float(schedule(step))
-        state, metrics = train_step(state, params, batch)
+        state, metrics = train_step(state, frozen, batch)
         m = jax.device_get(metrics)
         seconds = time.perf_counter() - started
         if not m["ok"]:
@@ -418,13 +455,17 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   finally:
     logs.close()
 
-  adapter_dir = os.path.join(workdir, "adapter")
-  final = best_lora if valid_batches is not None else state.lora
-  _export_adapter(adapter_dir, final, lora_config, model_config, model.source)
-  summary = {"status": meta["status"], "steps": step, "epochs": step / per_epoch,
+  final = best_lora if valid_batches is not None else state.trainable
+  if mode == "lora":
+    output = {"adapter": os.path.join(workdir, "adapter")}
+    _export_adapter(output["adapter"], final, lora_config, model_config, model.source)
+  else:
+    output = {"model": os.path.join(workdir, "model")}
+    _export_model(output["model"], final, model_config, model.tokenizer)
+  summary = {"mode": mode, "status": meta["status"], "steps": step, "epochs": step / per_epoch,
              "steps_per_epoch": per_epoch, "total_steps": total, "accumulation_steps": accum,
              "best_val_loss": meta["best_val_loss"], "best_step": meta["best_step"],
-             "history": meta["history"], "adapter": adapter_dir,
+             "history": meta["history"], **output,
              "train_examples": len(train_data),
              "valid_examples": len(valid_data) if valid_data is not None else 0,
              "shared_prefix_tokens": prefix}

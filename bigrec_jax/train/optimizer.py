@@ -7,8 +7,11 @@ reproduces HF's rates step for step.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
+
+MODES = ("lora", "full")
 
 
 def linear_warmup_decay(learning_rate: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
@@ -25,16 +28,33 @@ def linear_warmup_decay(learning_rate: float, warmup_steps: int, total_steps: in
   return schedule
 
 
+def hf_decay_mask(params):
+  """True where HF Trainer applies weight decay: every weight but biases and norm scales.
+
+  `Trainer.get_decay_parameter_names` leaves out names matching bias / layernorm / rmsnorm /
+  norm; ours are `*/bias` and the RMSNorm `scale`s of input_norm, post_norm and final_norm. The
+  embedding (tied output weight too) is decayed, as HF does.
+  """
+  def decays(path, _):
+    names = [str(getattr(k, "key", k)) for k in path]
+    return not any(n == "bias" or n.endswith("norm") for n in names)
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int = 20,
                    weight_decay: float = 0.0, max_grad_norm: float = 0.0, b1: float = 0.9,
-                   b2: float = 0.999, eps: float = 1e-8) -> tuple[optax.GradientTransformation,
-                                                                  optax.Schedule]:
+                   b2: float = 0.999, eps: float = 1e-8, decay_mask=None,
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (torch/HF defaults for betas and eps) with optional global-norm clipping.
 
-  Returns the transformation and its schedule (for logging the rate of each step).
+  `decay_mask`: None decays every leaf (LoRA: HF decays every adapter weight); full fine-tuning
+  passes `hf_decay_mask`. Returns the transformation and its schedule (for logging the rate
+  of each step).
   """
   schedule = linear_warmup_decay(learning_rate, warmup_steps, total_steps)
-  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                      mask=decay_mask)
   if max_grad_norm and max_grad_norm > 0:
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw), schedule
   return adamw, schedule
@@ -42,7 +62,9 @@ def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int 
 
 def from_config(train_config, total_steps: int):
   """`make_optimizer` from the `train` section of configs/default.py."""
+  full = train_config.get("mode", "lora") == "full"
   return make_optimizer(train_config.learning_rate, total_steps,
                         warmup_steps=train_config.warmup_steps,
                         weight_decay=train_config.weight_decay,
-                        max_grad_norm=train_config.max_grad_norm)
+                        max_grad_norm=train_config.max_grad_norm,
+                        decay_mask=hf_decay_mask if full else None)

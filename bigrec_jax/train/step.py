@@ -1,8 +1,15 @@
-"""The jitted LoRA training step (gradient accumulation inside one program) and the eval step.
+"""The jitted training step (gradient accumulation inside one program) and the eval step.
+
+Two modes share one step. LoRA (`lora_config` given): the trainable tree is the adapters, and
+the frozen base weights come in as a plain, non-donated argument already placed in their
+shardings, so a step neither copies nor differentiates them. Full fine-tuning (`lora_config`
+None): the trainable tree is every base weight (float32 master copies); the frozen argument is
+None. Either way the trainable tree, its gradients and the AdamW moments carry the parameters'
+logical axes, so `parallel.LOGICAL_RULES` shards all three over `fsdp` (ZeRO-3 style: each
+device holds 1/fsdp of every weight and moment; XLA gathers a layer's weights for its matmuls
+and reduce-scatters their gradients) while the batch is split over `data` x `fsdp`.
 
 Why it looks the way it does:
-- Only the LoRA tree is differentiated; base weights come in as a plain, non-donated argument
-  already placed in their shardings, so a step neither copies nor differentiates them.
 - The cross-entropy is fused with the output projection (`fused_token_ce`): logits are made a
   chunk of positions at a time and the gradient w.r.t. the hidden states is formed in the same
   pass, so the [B, T, vocab] logits and their gradient never exist in full. Same FLOPs as
@@ -36,9 +43,14 @@ IGNORE_INDEX = -100
 class TrainState:
   """Everything a step changes. `rng` is raw key data (checkpoint friendly)."""
   step: jax.Array  # int32 scalar: optimizer updates applied so far
-  lora: Any
+  trainable: Any  # the LoRA tree, or (full fine-tuning) the model's params
   opt_state: Any
   rng: jax.Array  # uint32 key data of the run's dropout key
+
+  @property
+  def lora(self):
+    """The adapters of a LoRA run (the trainable tree under its LoRA name)."""
+    return self.trainable
 
 
 def shift_targets(labels: jax.Array) -> jax.Array:
@@ -56,8 +68,10 @@ def _chunk_len(t: int, batch: int, chunk_tokens: int) -> int:
   return best
 
 
-def _ce_and_unit_grad(hidden, weight, targets, vocab_major: bool, chunk: int):
-  """Sum of token CE and its gradient w.r.t. hidden, one chunk of positions at a time."""
+def _ce_and_unit_grad(hidden, weight, targets, vocab_major: bool, chunk: int,
+                      train_weight: bool = False):
+  """Sum of token CE, its gradient w.r.t. hidden and (if `train_weight`) w.r.t. the output
+  weight, one chunk of positions at a time (None when the weight is frozen)."""
   b, t, d = hidden.shape
   n = t // chunk
   hs = hidden.reshape(b, n, chunk, d).swapaxes(0, 1)
@@ -65,8 +79,10 @@ def _ce_and_unit_grad(hidden, weight, targets, vocab_major: bool, chunk: int):
   w = weight.astype(hidden.dtype)
   logits_eq = "bcd,vd->bcv" if vocab_major else "bcd,dv->bcv"
   back_eq = "bcv,vd->bcd" if vocab_major else "bcv,dv->bcd"
+  weight_eq = "bcv,bcd->vd" if vocab_major else "bcv,bcd->dv"
 
-  def body(total, xs):
+  def body(carry, xs):
+    total, d_w = carry
     h, tgt = xs
     logits = jnp.einsum(logits_eq, h, w, preferred_element_type=jnp.float32)
     valid = tgt >= 0
@@ -79,31 +95,40 @@ def _ce_and_unit_grad(hidden, weight, targets, vocab_major: bool, chunk: int):
     total = total + jnp.sum(jnp.where(valid, lse - picked, 0.0))
     p = (e / s - hit.astype(jnp.float32)) * valid[..., None].astype(jnp.float32)
     dh = jnp.einsum(back_eq, p.astype(w.dtype), w, preferred_element_type=jnp.float32)
-    return total, dh
+    if train_weight:
+      d_w = d_w + jnp.einsum(weight_eq, p, h.astype(jnp.float32))
+    return (total, d_w), dh
 
-  total, dh = jax.lax.scan(body, jnp.zeros((), jnp.float32), (hs, ts))
-  return total, dh.swapaxes(0, 1).reshape(b, t, d)
+  d_w0 = jnp.zeros(weight.shape, jnp.float32) if train_weight else None
+  (total, d_w), dh = jax.lax.scan(body, (jnp.zeros((), jnp.float32), d_w0), (hs, ts))
+  return total, dh.swapaxes(0, 1).reshape(b, t, d), d_w
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def fused_token_ce(hidden, weight, targets, vocab_major: bool = True, chunk: int = 64):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def fused_token_ce(hidden, weight, targets, vocab_major: bool = True, chunk: int = 64,
+                   train_weight: bool = False):
   """Sum over positions with target >= 0 of -log softmax(hidden @ W)[target].
 
-  Differentiable w.r.t. `hidden` only (the output weight is frozen in LoRA training).
+  Differentiable w.r.t. `hidden`, and w.r.t. the output weight when `train_weight` (full
+  fine-tuning; in LoRA training it is frozen and its gradient is never formed).
   """
-  return _ce_and_unit_grad(hidden, weight, targets, vocab_major, chunk)[0]
+  return _ce_and_unit_grad(hidden, weight, targets, vocab_major, chunk, train_weight)[0]
 
 
-def _fused_fwd(hidden, weight, targets, vocab_major, chunk):
-  total, dh = _ce_and_unit_grad(hidden, weight, targets, vocab_major, chunk)
-  return total, (dh.astype(hidden.dtype), weight, targets)
+def _fused_fwd(hidden, weight, targets, vocab_major, chunk, train_weight):
+  total, dh, d_w = _ce_and_unit_grad(hidden, weight, targets, vocab_major, chunk, train_weight)
+  d_w = None if d_w is None else d_w.astype(weight.dtype)
+  return total, (dh.astype(hidden.dtype), d_w, weight, targets)
 
 
-def _fused_bwd(vocab_major, chunk, res, g):
-  dh, weight, targets = res
-  zero_w = jnp.zeros_like(weight)  # frozen: never used, removed by XLA
+def _fused_bwd(vocab_major, chunk, train_weight, res, g):
+  dh, d_w, weight, targets = res
+  if d_w is None:
+    d_w = jnp.zeros_like(weight)  # frozen: never used, removed by XLA
+  else:
+    d_w = d_w * g.astype(d_w.dtype)
   zero_t = jnp.zeros(targets.shape, jax.dtypes.float0)
-  return (dh * g.astype(dh.dtype), zero_w, zero_t)
+  return (dh * g.astype(dh.dtype), d_w, zero_t)
 
 
 fused_token_ce.defvjp(_fused_fwd, _fused_bwd)
@@ -121,6 +146,8 @@ def token_ce_sum(model_config: LlamaConfig, params, lora, lora_config: LoraConfi
   SmolLM2's 49k vocabulary that projection is ~20% of a step's FLOPs over the whole prompt.
   `prefix_len` > 0: every row begins with the same `prefix_len` tokens, run once for the batch
   (model.forward_shared_prefix; tokenize.shared_prefix_length finds it).
+  `lora` None: full fine-tuning, so the output weight (the tied embedding or lm_head) gets its
+  gradient from the fused CE too.
   """
   targets = shift_targets(labels)
   count = jnp.sum(targets >= 0).astype(jnp.float32)
@@ -144,11 +171,13 @@ def token_ce_sum(model_config: LlamaConfig, params, lora, lora_config: LoraConfi
   if label_window is not None and 0 < label_window < t:
     hidden, targets, t = hidden[:, t - label_window:], targets[:, t - label_window:], label_window
   chunk = _chunk_len(t, b, loss_chunk_tokens)
-  return fused_token_ce(hidden, weight, targets, vocab_major, chunk), count
+  return fused_token_ce(hidden, weight, targets, vocab_major, chunk, lora is None), count
 
 
 # ----------------------------------------------------------------------------------------------
 # shardings and state
+#
+# `lora_config` None everywhere below means full fine-tuning: the trainable tree is the params.
 
 
 def lora_shardings(model_config: LlamaConfig, lora_config: LoraConfig, mesh: Mesh):
@@ -157,37 +186,62 @@ def lora_shardings(model_config: LlamaConfig, lora_config: LoraConfig, mesh: Mes
 
 
 def param_shardings(model_config: LlamaConfig, mesh: Mesh):
-  """Where the frozen base weights live (what `load_model(mesh=...)` produces)."""
+  """Where the base weights live (what `load_model(mesh=...)` produces): `embed` over fsdp."""
   shapes, axes = abstract_variables(model_config)
   return parallel.tree_shardings(axes["params"], mesh, shapes["params"])
 
 
-def state_shardings(model_config: LlamaConfig, lora_config: LoraConfig,
+def trainable_shardings(model_config: LlamaConfig, lora_config: LoraConfig | None, mesh: Mesh):
+  """Shardings of what the optimizer updates: the adapters, or every base weight."""
+  if lora_config is None:
+    return param_shardings(model_config, mesh)
+  return lora_shardings(model_config, lora_config, mesh)
+
+
+def _abstract_trainable(model_config: LlamaConfig, lora_config: LoraConfig | None):
+  if lora_config is None:
+    return abstract_variables(model_config)[0]["params"]
+  return jax.eval_shape(lambda: lora_lib.init_lora(model_config, lora_config, jax.random.key(0)))
+
+
+def state_shardings(model_config: LlamaConfig, lora_config: LoraConfig | None,
                     optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-  """Shardings of the TrainState: optimizer moments follow their LoRA leaf, the rest replicated."""
-  lora_sh = lora_shardings(model_config, lora_config, mesh)
-  lora_abstract = jax.eval_shape(
-      lambda: lora_lib.init_lora(model_config, lora_config, jax.random.key(0)))
-  opt_abstract = jax.eval_shape(optimizer.init, lora_abstract)
+  """Shardings of the TrainState: optimizer moments follow their trainable leaf (so in full
+  fine-tuning each moment is sharded exactly like its weight), the rest replicated."""
+  trainable_sh = trainable_shardings(model_config, lora_config, mesh)
+  opt_abstract = jax.eval_shape(optimizer.init, _abstract_trainable(model_config, lora_config))
   rep = parallel.replicated(mesh)
-  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, lora_sh,
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, trainable_sh,
                                  transform_non_params=lambda _: rep,
                                  is_leaf=lambda x: isinstance(x, NamedSharding))
-  return TrainState(step=rep, lora=lora_sh, opt_state=opt_sh, rng=rep)
+  return TrainState(step=rep, trainable=trainable_sh, opt_state=opt_sh, rng=rep)
 
 
-def init_state(model_config: LlamaConfig, lora_config: LoraConfig,
-               optimizer: optax.GradientTransformation, seed: int, mesh: Mesh) -> TrainState:
-  """Fresh adapters (PEFT init), optimizer state and the run's dropout key, already sharded."""
+def init_state(model_config: LlamaConfig, lora_config: LoraConfig | None,
+               optimizer: optax.GradientTransformation, seed: int, mesh: Mesh,
+               params=None) -> TrainState:
+  """The run's first state, already sharded: fresh adapters (PEFT init), or (full fine-tuning)
+  a float32 copy of `params`, the base weights to start from; optimizer state; dropout key.
+
+  The copy matters: the step donates its state, and the caller's params must survive it.
+  """
+  if (lora_config is None) != (params is not None):
+    raise ValueError("init_state: pass params exactly when lora_config is None (full mode)")
   shardings = state_shardings(model_config, lora_config, optimizer, mesh)
 
-  def make():
-    lora_key, dropout_key = jax.random.split(jax.random.key(seed))
-    lora = lora_lib.init_lora(model_config, lora_config, lora_key)
-    return TrainState(step=jnp.zeros((), jnp.int32), lora=lora, opt_state=optimizer.init(lora),
+  def make(params):
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    if lora_config is None:
+      # A real copy: jit would hand an unchanged input back as the same buffer.
+      trainable = jax.tree.map(lambda x: jnp.copy(x.astype(jnp.float32)), params)
+    else:
+      trainable = lora_lib.init_lora(model_config, lora_config, init_key)
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                      opt_state=optimizer.init(trainable),
                       rng=jax.random.key_data(dropout_key))
 
-  return jax.jit(make, out_shardings=shardings)()
+  in_sh = None if params is None else (param_shardings(model_config, mesh),)
+  return jax.jit(make, in_shardings=in_sh, out_shardings=shardings)(params)
 
 
 def batch_spec_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -195,27 +249,36 @@ def batch_spec_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return parallel.batch_sharding(mesh, ndim)
 
 
+def _model_inputs(lora_config: LoraConfig | None, frozen, trainable):
+  """(params, lora) of the forward pass from the step's frozen and trainable arguments."""
+  if lora_config is None:
+    return trainable, None
+  return frozen, trainable
+
+
 # ----------------------------------------------------------------------------------------------
 # steps
 
 
-def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
+def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig | None,
                     optimizer: optax.GradientTransformation, mesh: Mesh, *,
                     loss_chunk_tokens: int = 1024, label_window: int | None = None,
                     prefix_len: int = 0):
-  """Returns `step(state, params, batch) -> (state, metrics)`, jitted with explicit shardings.
+  """Returns `step(state, frozen, batch) -> (state, metrics)`, jitted with explicit shardings.
 
+  frozen: the base weights in LoRA mode, None in full fine-tuning (`lora_config` None).
   batch: {"input_ids", "attention_mask", "labels"} int32 [rows, accum, T] with rows sharded
   over the data-parallel axes; micro-batch i of the step is batch[:, i]. The state is donated.
   metrics: loss (mean token CE), grad_norm, label_tokens, tokens (real tokens), ok (finite).
   """
   state_sh = state_shardings(model_config, lora_config, optimizer, mesh)
-  params_sh = param_shardings(model_config, mesh)
+  frozen_sh = None if lora_config is None else param_shardings(model_config, mesh)
   batch_sh = batch_spec_sharding(mesh, 3)
   rep = parallel.replicated(mesh)
-  use_dropout = lora_config.dropout > 0
+  use_dropout = lora_config is not None and lora_config.dropout > 0
 
-  def micro_loss(lora, params, micro, rng):
+  def micro_loss(trainable, frozen, micro, rng):
+    params, lora = _model_inputs(lora_config, frozen, trainable)
     return token_ce_sum(model_config, params, lora, lora_config, micro["input_ids"],
                         micro["attention_mask"], micro["labels"],
                         rng if use_dropout else None, loss_chunk_tokens=loss_chunk_tokens,
@@ -223,17 +286,19 @@ def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def step(state: TrainState, params, batch):
+  def step(state: TrainState, frozen, batch):
     batch = {k: jnp.swapaxes(v, 0, 1) for k, v in batch.items()}  # [accum, rows, T]
     accum = batch["input_ids"].shape[0]
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    # The accumulator is sharded like the weights: each device sums only its own shard of every
+    # micro-batch's gradient (XLA reduce-scatters it), never a full copy.
     zeros = jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(jnp.zeros_like(x), s),
-                         state.lora, state_sh.lora)
+                         state.trainable, state_sh.trainable)
 
     def body(carry, xs):
       grads, loss_sum = carry
       i, micro = xs
-      (ce, _), g = grad_fn(state.lora, params, micro, jax.random.fold_in(step_key, i))
+      (ce, _), g = grad_fn(state.trainable, frozen, micro, jax.random.fold_in(step_key, i))
       return (jax.tree.map(jnp.add, grads, g), loss_sum + ce), None
 
     (grads, loss_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)),
@@ -243,37 +308,40 @@ def make_train_step(model_config: LlamaConfig, lora_config: LoraConfig,
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = loss_sum / denom
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.lora)
-    lora = optax.apply_updates(state.lora, updates)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = TrainState(step=state.step + ok.astype(jnp.int32), lora=keep(lora, state.lora),
+    new_state = TrainState(step=state.step + ok.astype(jnp.int32),
+                           trainable=keep(trainable, state.trainable),
                            opt_state=keep(opt_state, state.opt_state), rng=state.rng)
     metrics = {"loss": loss, "grad_norm": grad_norm, "label_tokens": count,
                "tokens": jnp.sum(batch["attention_mask"]), "ok": ok}
     return new_state, metrics
 
-  return jax.jit(step, in_shardings=(state_sh, params_sh, batch_sh),
+  return jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_sh),
                  out_shardings=(state_sh, rep), donate_argnums=(0,))
 
 
-def make_eval_step(model_config: LlamaConfig, lora_config: LoraConfig, mesh: Mesh, *,
+def make_eval_step(model_config: LlamaConfig, lora_config: LoraConfig | None, mesh: Mesh, *,
                    loss_chunk_tokens: int = 1024, label_window: int | None = None,
                    prefix_len: int = 0):
-  """Returns `eval_step(params, lora, batch) -> {"ce_sum", "label_tokens"}` (no dropout).
+  """Returns `eval_step(frozen, trainable, batch) -> {"ce_sum", "label_tokens"}` (no dropout).
 
-  batch arrays are [rows, T]; sums let the caller form the exact token mean over a dataset.
+  frozen / trainable as in `make_train_step` (LoRA: base params and adapters; full: None and
+  the params). batch arrays are [rows, T]; sums let the caller form the exact token mean.
   """
-  lora_sh = lora_shardings(model_config, lora_config, mesh)
-  params_sh = param_shardings(model_config, mesh)
+  trainable_sh = trainable_shardings(model_config, lora_config, mesh)
+  frozen_sh = None if lora_config is None else param_shardings(model_config, mesh)
   batch_sh = batch_spec_sharding(mesh, 2)
   rep = parallel.replicated(mesh)
 
-  def evaluate(params, lora, batch):
+  def evaluate(frozen, trainable, batch):
+    params, lora = _model_inputs(lora_config, frozen, trainable)
     ce, count = token_ce_sum(model_config, params, lora, lora_config, batch["input_ids"],
                              batch["attention_mask"], batch["labels"],
                              loss_chunk_tokens=loss_chunk_tokens, label_window=label_window,
                              prefix_len=prefix_len)
     return {"ce_sum": ce, "label_tokens": count}
 
-  return jax.jit(evaluate, in_shardings=(params_sh, lora_sh, batch_sh), out_shardings=rep)
+  return jax.jit(evaluate, in_shardings=(frozen_sh, trainable_sh, batch_sh), out_shardings=rep)

@@ -34,7 +34,7 @@ def setup():
 def _at_step(state, k):
   """A distinct state per step (LoRA shifted by k)."""
   lora = jax.tree.map(lambda x: x + k, state.lora)
-  return state.replace(step=jnp.asarray(k, jnp.int32), lora=lora)
+  return state.replace(step=jnp.asarray(k, jnp.int32), trainable=lora)
 
 
 def _restore(ckpts, setup):

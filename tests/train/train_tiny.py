@@ -109,7 +109,11 @@ def main(argv):
       def wrapped(state, params, batch):
         calls[0] += 1
         if calls[0] == nan_at:  # same program, poisoned weights: a NaN loss at this step
-          params = {**params, "embed": params["embed"] * float("nan")}
+          if params is None:  # full fine-tuning: the weights are the state's
+            w = state.trainable
+            state = state.replace(trainable={**w, "embed": w["embed"] * float("nan")})
+          else:
+            params = {**params, "embed": params["embed"] * float("nan")}
         out = fn(state, params, batch)
         jax.block_until_ready(out)
         time.sleep(delay)
