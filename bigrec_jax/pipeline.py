@@ -151,7 +151,8 @@ def generate_stage(config, paths: Paths) -> dict:
        for split in splits], options, model_path=config.model.path or None,
       adapter=os.path.join(paths.train, "adapter"), items=os.path.join(paths.data, "items.tsv"),
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
-      matmul_dtype=config.model.get("matmul_dtype", ""))
+      matmul_dtype=config.model.get("matmul_dtype", ""),
+      tokenizer=config.model.get("tokenizer") or None)
   return dict(zip(splits, summaries))
 
 
@@ -181,7 +182,8 @@ def evaluate_stage(config, paths: Paths, log) -> dict:
   opts = EvaluateOptions(
       data_dir=paths.data, valid_predictions=paths.predictions_file("valid"),
       test_predictions=paths.predictions_file("test"), out_dir=paths.eval,
-      model=config.model.path or None, cf_names=cf,
+      model=config.model.path or None, tokenizer=config.model.get("tokenizer") or None,
+      cf_names=cf,
       cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
       cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
       ks=tuple(config.ground.ks), beam=0, beams=config.ground.get("beams", 1),

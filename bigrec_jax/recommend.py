@@ -29,7 +29,7 @@ class Recommendation:
 def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
               model_path: str | None = None, k: int = 10, gamma_pop: float = 0.0,
               num_beams: int = 4, max_new_tokens: int = 32, constrained: bool = False,
-              exclude_history: bool = True) -> Recommendation:
+              exclude_history: bool = True, tokenizer: str | None = None) -> Recommendation:
   liked = [prompts.unquote(t) for t in liked if prompts.unquote(t)]
   if not liked:
     raise UserError("--liked: give at least one item title")
@@ -44,16 +44,20 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
   history_ids, unknown = liked_item_ids(liked, titles)
   row = prompts.make_fields(data.domain, liked[-10:], "")
 
-  model = runner.load_merged_model(model_path, adapter)
+  model = runner.load_merged_model(model_path, adapter, tokenizer=tokenizer)
   options = runner.GenerateOptions(num_beams=num_beams, num_return_sequences=num_beams,
                                    max_new_tokens=max_new_tokens, batch_size=1,
                                    constrained=constrained, progress=False)
   generator = runner.Generator(model, options, titles=titles if constrained else None)
   generated = generator.generate_rows([row], "liked titles")[0]["predict"]
   if adapter:  # back to the base model for embeddings (BIGRec grounds with the base model)
-    adapter_tree, lora_config = lora.import_peft(runner.resolve_adapter(adapter), model.config)
-    model.params = jax.jit(lora.unmerge, static_argnums=2)(model.params, adapter_tree,
-                                                           lora_config)
+    kind, trained = runner.resolve_trained(adapter)
+    if kind == "lora":
+      adapter_tree, lora_config = lora.import_peft(trained, model.config)
+      model.params = jax.jit(lora.unmerge, static_argnums=2)(model.params, adapter_tree,
+                                                             lora_config)
+    else:  # fully fine-tuned weights: nothing to unmerge, the base model is loaded itself
+      model.params = runner.load_merged_model(model_path).params
   table = embed.catalog_embeddings(model, titles, os.path.join(assets.home(), "embeddings"),
                                    progress=False, log=lambda _: None)
   query = embed.embed_texts(model, [prompts.unquote(generated[0])], progress=False)

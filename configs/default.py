@@ -15,6 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Model: None/"" = the embedded SmolLM2-135M-Instruct GGUF; else a .gguf or HF directory.
   c.model = ml_collections.ConfigDict()
   c.model.path = ""
+  # Directory with the tokenizer files, for weights that come without them ("" = the model's).
+  c.model.tokenizer = ""
   c.model.dtype = "float32"  # compute dtype; bfloat16 on GPU/TPU
   c.model.param_dtype = "float32"
   # Operands of the base-weight matmuls ("" = dtype), accumulated in float32; "bfloat16" with

@@ -25,6 +25,8 @@ _TEST = flags.DEFINE_string("test_predictions", None, "Generated test rows (JSON
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where metrics.json and the plots go.")
 _MODEL = flags.DEFINE_string("model", None, "Base model for embeddings: .gguf file or HF directory "
                              "(no adapter: SPEC embeds with the base model). Default: embedded SmolLM2.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the tokenizer files, for "
+                                 "a --model whose own are missing (default: the model's).")
 _CF_NAMES = flags.DEFINE_list("cf_names", [], "Names of CF score sources, e.g. sasrec,dros.")
 _CF_VALID = flags.DEFINE_list("cf_valid_scores", [], "Per source: [valid rows, items] .npy scores.")
 _CF_TEST = flags.DEFINE_list("cf_test_scores", [], "Per source: [test rows, items] .npy scores.")
@@ -88,7 +90,8 @@ def main(argv: list[str]) -> None:
     grids["cf_gammas"] = _numbers(_CF_GAMMAS, float)
   evaluate_predictions(EvaluateOptions(
       data_dir=_DATA_DIR.value, valid_predictions=_VALID.value, test_predictions=_TEST.value,
-      out_dir=_OUT_DIR.value, model=_MODEL.value, cf_names=_CF_NAMES.value,
+      out_dir=_OUT_DIR.value, model=_MODEL.value, tokenizer=_TOKENIZER.value,
+      cf_names=_CF_NAMES.value,
       cf_valid_scores=_CF_VALID.value, cf_test_scores=_CF_TEST.value, ks=_numbers(_KS, int),
       beam=_BEAM.value, beams=_BEAMS.value, both=_BOTH.value, embedding_cache=_CACHE.value,
       embed_batch_size=_EMBED_BATCH.value, query_batch=_QUERY_BATCH.value,

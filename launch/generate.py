@@ -22,6 +22,8 @@ _INPUT = flags.DEFINE_string("input", None, "JSON list of rows with `instruction
 _OUTPUT = flags.DEFINE_string("output", None, "Where the rows with `predict` are written.")
 _MODEL = flags.DEFINE_string("model", None, "Base model: .gguf file or HF directory "
                              "(default: the embedded SmolLM2-135M-Instruct).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the tokenizer files, for "
+                                 "a --model whose own are missing (default: the model's).")
 _ADAPTER = flags.DEFINE_string("adapter", None, "LoRA adapter: a PEFT directory or a training "
                                "workdir with adapter/ (merged into the weights before decoding).")
 _NUM_BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams (1 = greedy).")
@@ -97,7 +99,8 @@ def main(argv: list[str]) -> None:
       progress=_PROGRESS.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
                 adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
-                mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value)
+                mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value,
+                tokenizer=_TOKENIZER.value)
   if parallel.is_main_process():
     logging.info("generation summary: %s", summary)
     print(f"wrote {summary['rows']} rows to {summary['output']} "

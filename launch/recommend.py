@@ -20,6 +20,8 @@ from bigrec_jax.files import UserError
 _DATA = flags.DEFINE_string("data_dir", None, "Prepared-data directory (items.tsv, popularity.json).")
 _ADAPTER = flags.DEFINE_string("adapter", None, "PEFT adapter dir or training workdir (with adapter/).")
 _MODEL = flags.DEFINE_string("model", None, "Base model (.gguf or HF dir); default: embedded SmolLM2.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the tokenizer files, for "
+                                 "a --model whose own are missing (default: the model's).")
 _LIKED = flags.DEFINE_multi_string("liked", [], "A title the user liked (repeat; oldest first).")
 _K = flags.DEFINE_integer("k", 10, "How many items to recommend.")
 _GAMMA = flags.DEFINE_float("gamma_pop", 0.0, "Popularity injection strength (0 = plain BIGRec).")
@@ -50,7 +52,7 @@ def main(argv):
 
   rec = recommend(liked, _DATA.value, _ADAPTER.value, model_path=_MODEL.value, k=_K.value,
                   gamma_pop=_GAMMA.value, num_beams=_BEAMS.value, max_new_tokens=_NEW.value,
-                  constrained=_CONSTRAINED.value)
+                  constrained=_CONSTRAINED.value, tokenizer=_TOKENIZER.value)
   for t in rec.unknown_history:
     print(f"note: {t!r} is not a catalog title; it is used in the prompt as written")
   print(f"generated: {rec.generated[0]!r}")

@@ -28,6 +28,7 @@ class EvaluateOptions:
   test_predictions: str
   out_dir: str
   model: str | None = None  # .gguf file or HF directory; None: the embedded SmolLM2
+  tokenizer: str | None = None  # tokenizer directory for a model without one (None: its own)
   cf_names: Sequence[str] = ()  # one name per CF source, e.g. ("sasrec",)
   cf_valid_scores: Sequence[str] = ()  # [valid rows, N] .npy per source
   cf_test_scores: Sequence[str] = ()
@@ -88,7 +89,7 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
   if model is None:
     from bigrec_jax.model import load_model
 
-    model = load_model(opts.model, dtype=opts.dtype, mesh=mesh)
+    model = load_model(opts.model, dtype=opts.dtype, mesh=mesh, tokenizer=opts.tokenizer)
   from bigrec_jax.ground import embed
 
   embed_kw = dict(batch_size=opts.embed_batch_size, mesh=mesh, progress=opts.progress)

@@ -246,22 +246,55 @@ def _row_problem(row: Any) -> str | None:
 
 def resolve_adapter(path: str) -> str:
   """A PEFT adapter directory, given it or a training workdir that holds one in adapter/."""
-  if os.path.exists(os.path.join(path, "adapter_config.json")):
-    return path
-  inner = os.path.join(path, "adapter")
-  if os.path.exists(os.path.join(inner, "adapter_config.json")):
-    return inner
-  raise UserError(f"{path}: not a PEFT adapter directory (no adapter_config.json) nor a training "
-                  "workdir with adapter/adapter_config.json")
+  kind, directory = resolve_trained(path)
+  if kind != "lora":
+    raise UserError(f"{path}: a fully fine-tuned model ({directory}), not a LoRA adapter")
+  return directory
+
+
+def _is_peft_dir(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "adapter_config.json"))
+
+
+def _is_hf_model_dir(path: str) -> bool:
+  return (os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+          and any(n.endswith(".safetensors") for n in os.listdir(path)))
+
+
+def resolve_trained(path: str) -> tuple[str, str]:
+  """What training produced, given it or its workdir: ("lora", PEFT adapter dir) or ("full",
+  HF model dir of train.mode=full). A workdir's train_summary.json says which mode ran."""
+  if _is_peft_dir(path):
+    return "lora", path
+  if _is_hf_model_dir(path):
+    return "full", path
+  summary = os.path.join(path, "train_summary.json")
+  mode = files.read_json(summary).get("mode", "lora") if os.path.exists(summary) else None
+  adapter, model = os.path.join(path, "adapter"), os.path.join(path, "model")
+  if mode != "full" and _is_peft_dir(adapter):
+    return "lora", adapter
+  if mode != "lora" and _is_hf_model_dir(model):
+    return "full", model
+  raise UserError(f"{path}: not a PEFT adapter directory (adapter_config.json), an HF model "
+                  "directory (config.json + *.safetensors), nor a training workdir with "
+                  "adapter/ or model/")
 
 
 def load_merged_model(model_path: str | None = None, adapter: str | None = None, *,
-                      dtype: str = "float32", mesh=None, matmul_dtype: str = ""):
-  """The base model with the adapter (if any) merged into its weights, for fast decoding."""
+                      dtype: str = "float32", mesh=None, matmul_dtype: str = "",
+                      tokenizer: str | None = None):
+  """The base model with the adapter (if any) merged into its weights, for fast decoding.
+
+  `adapter` may also be a full fine-tuning output (or its workdir): its weights replace the
+  base model's, and `model_path` is not read.
+  """
   from bigrec_jax.model import load_model, lora
 
+  if adapter and resolve_trained(adapter)[0] == "full":
+    model_path, adapter = resolve_trained(adapter)[1], None
+
   model = load_model(model_path or None, dtype=dtype, param_dtype=dtype, mesh=mesh,
-                     matmul_dtype=matmul_dtype)
+                     matmul_dtype=matmul_dtype, tokenizer=tokenizer)
   if adapter:
     adapter_tree, lora_config = lora.import_peft(resolve_adapter(adapter), model.config)
     model.params = jax.jit(lora.merge, static_argnums=2)(model.params, adapter_tree, lora_config)
@@ -297,7 +330,7 @@ def run(input_path: str, output_path: str, options: GenerateOptions, **kw) -> di
 def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
               model_path: str | None = None, adapter: str | None = None, items: str | None = None,
               dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1),
-              matmul_dtype: str = "") -> list[dict[str, Any]]:
+              matmul_dtype: str = "", tokenizer: str | None = None) -> list[dict[str, Any]]:
   """`run` for several (input, output) files with one model load, merge and trie build."""
   import time
 
@@ -313,7 +346,8 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
   titles = read_titles(items) if items else None
   mesh = parallel.make_mesh(mesh_shape)
-  model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype)
+  model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype,
+                            tokenizer=tokenizer)
   generator = Generator(model, options, titles=titles, mesh=mesh)
   catalog = None if titles is None else set(titles)
   summaries = []

@@ -225,6 +225,17 @@ def _unflatten(flat: dict[str, Any]) -> dict:
   return tree
 
 
+def hf_directory(path: str) -> str:
+  """An HF model directory transformers can load for `path`: the directory itself (absolute), or
+  the one a .gguf file is converted to (the same weights, dequantized, that load_model runs);
+  anything else is returned unchanged. PEFT adapters record this as their base model."""
+  if os.path.isfile(path) and path.endswith(".gguf"):
+    return _convert_gguf(path)
+  if os.path.isdir(path):
+    return os.path.abspath(path)
+  return path
+
+
 def _convert_gguf(path: str) -> str:
   """Converts a llama-architecture GGUF file to an HF-style directory in the cache (once)."""
   st = os.stat(path)

@@ -86,6 +86,10 @@ def export_peft(path: str, lora: dict, lora_config: LoraConfig, config: LlamaCon
   ranks = {name: int(ab["a"].shape[-1]) for name, ab in lora["layers"].items()}
   rank_pattern = {n: r for n, r in ranks.items() if r != lora_config.rank}
   alpha_pattern = {n: lora_config.scale * r for n, r in rank_pattern.items()}
+  if base_model:  # PEFT's AutoPeftModel hands this to transformers: an HF directory, not a .gguf
+    from bigrec_jax.model.loading import hf_directory
+
+    base_model = hf_directory(base_model)
   os.makedirs(path, exist_ok=True)
   with atomic_path(os.path.join(path, "adapter_model.safetensors")) as tmp:
     save_file(tensors, tmp)

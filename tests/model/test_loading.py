@@ -82,3 +82,29 @@ def test_real_weights_paired_with_a_tokenizer_from_elsewhere(tmp_path, smollm2, 
   ours, _ = forward(paired.config, paired.params, ids, mask)
   ref, _ = forward(smollm2.config, smollm2.params, ids, mask)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def test_generate_launcher_takes_tokenizer_flag(tmp_path):
+  """launch/generate.py on a folder of weights only: exit 2 naming the file, then --tokenizer."""
+  import subprocess
+  import sys
+
+  from transformers import LlamaConfig as HFConfig, LlamaForCausalLM
+
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  torch.manual_seed(0)
+  LlamaForCausalLM(HFConfig(vocab_size=49152, hidden_size=16, intermediate_size=32,
+                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                            tie_word_embeddings=True)).save_pretrained(tmp_path / "weights")
+  row = {"instruction": "Recommend a movie.", "input": 'The user watched "Toy Story"\n '}
+  (tmp_path / "in.json").write_text(json.dumps([row]))
+  args = [sys.executable, os.path.join(root, "launch", "generate.py"),
+          f"--model={tmp_path / 'weights'}", f"--input={tmp_path / 'in.json'}",
+          f"--output={tmp_path / 'out.json'}", "--num_beams=1", "--max_new_tokens=2"]
+  run = lambda *extra: subprocess.run(args + list(extra), capture_output=True, text=True,
+                                      cwd=root, timeout=300)
+  missing = run()
+  assert missing.returncode == 2 and "tokenizer.json: missing" in missing.stderr
+  paired = run(f"--tokenizer={_smollm2_dir()}")
+  assert paired.returncode == 0, paired.stderr[-2000:]
+  assert len(json.loads((tmp_path / "out.json").read_text())[0]["predict"]) == 1
