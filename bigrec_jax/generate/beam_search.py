@@ -18,6 +18,10 @@ With `stop_at_closing_quote` (beyond the reference, off by default) a hypothesis
 exactly as if the token were EOS, once its generated text holds two `"` characters (the closing
 quote of a `"Title"` response): `quote_counts` [vocab] gives each token's number of `"`, and
 every beam carries its running count, reordered by source beam like the cache.
+Catalog-aware decoding (generate/guide.py, beyond the reference, off by default) changes how a
+constrained step scores the trie children: `renormalize` (log-probs renormalised over the
+allowed children), and a per-batch `guide` (per-row history exclusion and assistant guidance).
+With none of them the step is the reference's masked log-softmax, unchanged.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bigrec_jax.generate import decoder, trie as trie_lib
+from bigrec_jax.generate import decoder, guide as guide_lib, trie as trie_lib
 from bigrec_jax.model.config import LlamaConfig
 
 Array = jax.Array
@@ -52,6 +56,7 @@ class SearchConfig:
   eos_token_id: int = 2
   pad_token_id: int = 0
   stop_at_closing_quote: bool = False  # finish at the 2nd `"` (needs quote_counts)
+  renormalize: bool = False  # constrained steps: log-softmax over the allowed children only
 
   def __post_init__(self):
     if self.num_beams < 1:
@@ -75,7 +80,7 @@ CLOSING_QUOTE_COUNT = 2  # `"Title"`: the second `"` of the generated text close
 
 def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,
            trie: trie_lib.TrieTables | None = None, quote_counts=None, *,
-           prefix_len: int = 0) -> SearchOutput:
+           prefix_len: int = 0, guide: guide_lib.CatalogGuide | None = None) -> SearchOutput:
   """Generates for left-padded prompts ids/mask [B, P] (jitted; compiles once per shape).
 
   params must be plain base weights (merge LoRA first with `lora.merge`); arrays may be sharded
@@ -83,14 +88,18 @@ def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,
   int32 number of `"` in each token's text (`token_quote_counts`), required by
   `stop_at_closing_quote`, ignored otherwise. prefix_len > 0: every real prompt begins with
   these many identical tokens, prefilled once (decoder.prefill); the result is the same.
+  guide: per-row exclusion / assistant inputs (guide.CatalogGuide, rows like ids); with
+  `renormalize` it needs the trie.
   """
+  if (search_config.renormalize or guide is not None) and trie is None:
+    raise ValueError("renormalize, exclusion and guidance need the catalog trie")
   if search_config.stop_at_closing_quote:
     if quote_counts is None:
       raise ValueError("stop_at_closing_quote needs quote_counts (the `\"` count per token)")
   else:
     quote_counts = None
   return _compiled(config, search_config, trie is not None, prefix_len)(params, ids, mask, trie,
-                                                                        quote_counts)
+                                                                        quote_counts, guide)
 
 
 def token_quote_counts(tokenizer, vocab_size: int):
@@ -106,11 +115,11 @@ def token_quote_counts(tokenizer, vocab_size: int):
 
 @functools.lru_cache(maxsize=None)
 def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool, prefix_len: int):
-  def run(params, ids, mask, trie, quotes):
+  def run(params, ids, mask, trie, quotes, guide):
     TRACE_COUNTS["search"] += 1
     search_fn = _greedy if sc.num_beams == 1 else _beam
     return search_fn(config, sc, params, ids, mask, trie if constrained else None, quotes,
-                     prefix_len)
+                     prefix_len, guide)
 
   return jax.jit(run)
 
@@ -121,12 +130,21 @@ def _mask_logprobs(logp: Array, trie, states: Array) -> Array:
   return jnp.where(trie_lib.allowed_mask(trie, states, logp.shape[-1]), logp, -jnp.inf)
 
 
+def _step_logprobs(logits: Array, trie, states: Array, guide, sc: SearchConfig,
+                   beams_per_row: int) -> Array:
+  """[N, vocab] what each next token adds to a beam's score (-inf = not allowed)."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  if trie is None or not (sc.renormalize or guide is not None):
+    return _mask_logprobs(logp, trie, states)  # the reference: masked full-vocabulary log-probs
+  return guide_lib.catalog_logprobs(logp, trie, states, guide, sc.renormalize, beams_per_row)
+
+
 def _penalty(length, sc: SearchConfig):
   return jnp.asarray(length, jnp.float32) ** sc.length_penalty
 
 
 def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes,
-          prefix_len: int = 0) -> SearchOutput:
+          prefix_len: int = 0, guide=None) -> SearchOutput:
   b = ids.shape[0]
   k, t_max = sc.num_beams, sc.max_new_tokens
   n = b * k
@@ -153,8 +171,7 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
   def select(s):
     """Chooses token `step` for every beam (HF's top-k / running / finished update)."""
     j = s["step"]
-    logp = jax.nn.log_softmax(s["logits"], axis=-1)
-    logp = _mask_logprobs(logp, trie, s["trie_state"])
+    logp = _step_logprobs(s["logits"], trie, s["trie_state"], guide, sc, k)
     total = (logp.reshape(b, k, vocab) + s["run_scores"][:, :, None]).reshape(b, k * vocab)
     cand_scores, flat = jax.lax.top_k(total, 2 * k)  # [B, 2K], best first
     src, tok = flat // vocab, (flat % vocab).astype(jnp.int32)
@@ -228,7 +245,7 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
 
 
 def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes,
-            prefix_len: int = 0) -> SearchOutput:
+            prefix_len: int = 0, guide=None) -> SearchOutput:
   b, t_max = ids.shape[0], sc.max_new_tokens
   logits0, prompt = decoder.prefill(config, params, ids, mask, prefix_len)
   ancestors = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t_max))
@@ -240,8 +257,7 @@ def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quot
 
   def select(s):
     j = s["step"]
-    logp = jax.nn.log_softmax(s["logits"], axis=-1)
-    logp = _mask_logprobs(logp, trie, s["trie_state"])
+    logp = _step_logprobs(s["logits"], trie, s["trie_state"], guide, sc, 1)
     tok = jnp.argmax(logp, axis=-1).astype(jnp.int32)
     live = ~s["done"]
     chosen = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]

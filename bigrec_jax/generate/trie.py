@@ -10,6 +10,10 @@ near the root have thousands):
 - dense: for the few nodes with more than W children, a full [vocab] row of child ids (-1 = not
   allowed), found through `dense_row`.
 Node 0 is the root; the last node is a sink with no children (a beam that left the trie).
+
+For catalog-aware decoding (generate/guide.py) the items are also sorted by token sequence, so the
+items below any node are a contiguous range [lo, hi) of that order (`NodeRanges`): per-item
+quantities of a row then reach every node as a difference of the row's prefix sums.
 """
 from __future__ import annotations
 
@@ -41,9 +45,8 @@ class TrieTables(NamedTuple):
     return self.num_nodes - 1
 
 
-def build_tables(sequences: Sequence[Sequence[int]], vocab_size: int,
-                 max_sparse_width: int = 16) -> TrieTables:
-  """Tables (numpy) for the prefix trie of token sequences (each should end with EOS)."""
+def _children(sequences: Sequence[Sequence[int]], vocab_size: int) -> list[dict[int, int]]:
+  """The trie as {token: child} per node, nodes numbered in insertion order (0 = root)."""
   children: list[dict[int, int]] = [{}]
   for seq in sequences:
     node = 0
@@ -57,6 +60,13 @@ def build_tables(sequences: Sequence[Sequence[int]], vocab_size: int,
         children[node][tok] = nxt
         children.append({})
       node = nxt
+  return children
+
+
+def build_tables(sequences: Sequence[Sequence[int]], vocab_size: int,
+                 max_sparse_width: int = 16) -> TrieTables:
+  """Tables (numpy) for the prefix trie of token sequences (each should end with EOS)."""
+  children = _children(sequences, vocab_size)
   children.append({})  # sink
   num = len(children)
   branching = np.array([len(c) for c in children])
@@ -93,6 +103,17 @@ def allowed_mask(tables: TrieTables, states: Array, vocab_size: int) -> Array:
   return jnp.where((row >= 0)[:, None], dense, sparse)
 
 
+def child_nodes(tables: TrieTables, states: Array, vocab_size: int) -> Array:
+  """[N, vocab] int32: the child each token leads to from each beam's node, -1 if not allowed."""
+  n = states.shape[0]
+  sparse = jnp.full((n, vocab_size), -1, jnp.int32).at[
+      jnp.arange(n)[:, None], tables.sparse_tokens[states]].set(
+          tables.sparse_children[states], mode="drop")
+  row = tables.dense_row[states]
+  dense = tables.dense_children[jnp.maximum(row, 0)]
+  return jnp.where((row >= 0)[:, None], dense, sparse)
+
+
 def advance(tables: TrieTables, states: Array, tokens: Array) -> Array:
   """[N] child node after emitting `tokens` from `states` (the sink when not allowed)."""
   row = tables.dense_row[states]
@@ -101,6 +122,42 @@ def advance(tables: TrieTables, states: Array, tokens: Array) -> Array:
   sparse_child = jnp.max(jnp.where(match, tables.sparse_children[states], -1), axis=1)
   child = jnp.where(row >= 0, dense_child, sparse_child)
   return jnp.where(child >= 0, child, tables.num_nodes - 1).astype(jnp.int32)
+
+
+class NodeRanges(NamedTuple):
+  """Items below each node: positions [lo, hi) of the catalog sorted by token sequence."""
+  lo: Any  # [S] int32 (the sink: an empty range)
+  hi: Any  # [S] int32
+
+
+class CatalogTrie(NamedTuple):
+  tables: TrieTables
+  longest: int  # tokens of the longest title, EOS included
+  ranges: NodeRanges | None  # None unless asked for (catalog-aware decoding)
+  order: np.ndarray | None  # [M] item ids sorted by token sequence (titles in the trie only)
+
+
+def node_ranges(sequences: Sequence[Sequence[int] | None], vocab_size: int
+                ) -> tuple[NodeRanges, np.ndarray]:
+  """(ranges, order) for the trie `build_tables` makes of the non-None sequences (same node ids).
+
+  Sorting the items by token sequence makes every prefix a contiguous run of the order; titles
+  shared by several items are adjacent there and end on the same leaf.
+  """
+  present = [i for i, s in enumerate(sequences) if s is not None]
+  children = _children([sequences[i] for i in present], vocab_size)
+  order = np.asarray(sorted(present, key=lambda i: list(sequences[i])), np.int64)
+  num = len(children) + 1  # + the sink
+  lo = np.zeros((num,), np.int32)
+  hi = np.zeros((num,), np.int32)
+  for rank, item in enumerate(order.tolist()):
+    node = 0
+    for tok in [None] + list(sequences[item]):
+      node = node if tok is None else children[node][int(tok)]
+      if hi[node] == 0:  # first (smallest-rank) item through this node
+        lo[node] = rank
+      hi[node] = rank + 1
+  return NodeRanges(lo, hi), order
 
 
 def default_context(domain: str = "movie") -> str:
@@ -116,6 +173,13 @@ def title_sequences(tokenizer, titles: Sequence[str], context: str | None = None
   A title whose tokens would merge with the end of the prompt cannot be produced by generation
   (the prompt is tokenized alone); such titles are skipped with a warning.
   """
+  return [s for s in title_sequences_by_item(tokenizer, titles, context, eos_token_id)
+          if s is not None]
+
+
+def title_sequences_by_item(tokenizer, titles: Sequence[str], context: str | None = None,
+                            eos_token_id: int | None = None) -> list[list[int] | None]:
+  """`title_sequences` aligned with `titles`: None for a title that cannot be generated."""
   context = default_context() if context is None else context
   eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
   ctx = list(tokenizer(context)["input_ids"])
@@ -127,6 +191,7 @@ def title_sequences(tokenizer, titles: Sequence[str], context: str | None = None
       ids = list(ids)
       if ids[:len(ctx)] != ctx:
         skipped.append(title)
+        out.append(None)
         continue
       out.append(ids[len(ctx):] + [eos])
   if skipped:
@@ -138,7 +203,16 @@ def title_sequences(tokenizer, titles: Sequence[str], context: str | None = None
 def catalog_tables(tokenizer, titles: Sequence[str], vocab_size: int, context: str | None = None,
                    eos_token_id: int | None = None) -> tuple[TrieTables, int]:
   """(tables, longest title in tokens incl. EOS) for a catalog of titles."""
-  seqs = title_sequences(tokenizer, titles, context, eos_token_id)
+  trie = catalog_trie(tokenizer, titles, vocab_size, context, eos_token_id)
+  return trie.tables, trie.longest
+
+
+def catalog_trie(tokenizer, titles: Sequence[str], vocab_size: int, context: str | None = None,
+                 eos_token_id: int | None = None, with_ranges: bool = False) -> CatalogTrie:
+  """The catalog's trie; with_ranges: also each node's item range in token-sequence order."""
+  by_item = title_sequences_by_item(tokenizer, titles, context, eos_token_id)
+  seqs = [s for s in by_item if s is not None]
   if not seqs:
     raise ValueError("no catalog title can be generated (empty trie)")
-  return build_tables(seqs, vocab_size), max(len(s) for s in seqs)
+  ranges, order = node_ranges(by_item, vocab_size) if with_ranges else (None, None)
+  return CatalogTrie(build_tables(seqs, vocab_size), max(len(s) for s in seqs), ranges, order)
