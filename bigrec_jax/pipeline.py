@@ -7,7 +7,8 @@ should force those too when it matters). Every stage also has its own launcher.
 
 Layout of a workdir:
   data/                 prepared data (items.tsv, train/valid_5000/test_5000.json, ...)
-  train/                checkpoints, tensorboard, adapter/ (PEFT format)
+  train/                checkpoints, tensorboard, adapter/ (PEFT format; model/, an HF
+                        checkpoint, with train.mode=full)
   predictions/          valid.json, test.json (rows + `predict`)
   baselines/<model>/    metrics.json, scores_valid_5000.npy, scores_test_5000.npy
   eval/                 metrics.json, plots, test_top_items.json
@@ -120,7 +121,8 @@ def prepare_stage(config, paths: Paths) -> dict:
 
   d = config.data
   options = prepare_lib.PrepareOptions(
-      history_len=d.history_len, eval_sample_size=d.valid_test_size,
+      history_len=d.history_len, target_rating_above=d.target_rating_above,
+      drop_empty_history=d.drop_empty_history, eval_sample_size=d.valid_test_size,
       valid_sample_size=d.get("valid_size", 0) or None,
       few_shot_sample=d.sample, few_shot_seed=config.seed)
   stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
@@ -149,7 +151,7 @@ def generate_stage(config, paths: Paths) -> dict:
   summaries = runner.run_files(
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
        for split in splits], options, model_path=config.model.path or None,
-      adapter=os.path.join(paths.train, "adapter"), items=os.path.join(paths.data, "items.tsv"),
+      adapter=paths.train, items=os.path.join(paths.data, "items.tsv"),  # adapter/ or model/
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
       matmul_dtype=config.model.get("matmul_dtype", ""),
       tokenizer=config.model.get("tokenizer") or None)

@@ -39,7 +39,11 @@ _KEEP_LAST = flags.DEFINE_boolean(
     "example (their last item). Default: true for amazon (reference game rule), false for MovieLens.")
 _TARGET_RATING = flags.DEFINE_string(
     "target_rating_above", "default", "Only targets rated above this become examples (the history "
-    "keeps every rating). 'default': 3 for MovieLens (reference), none for amazon; 'none': keep all.")
+    "keeps every rating). 'default' and 'none': every target (the reference today); 3: only "
+    "targets rated 4-5 (the reference's first commit).")
+_DROP_EMPTY = flags.DEFINE_boolean(
+    "drop_empty_history", False, "Drop examples whose history is empty (amazon users with one "
+    "review; the reference keeps them).")
 _VALID_TEST_SIZE = flags.DEFINE_integer(
     "valid_test_size", 5000, "Rows of valid_5000.json / test_5000.json (all rows when fewer).")
 _EVAL_SEED = flags.DEFINE_integer("valid_test_seed", 42, "Seed of the valid/test samples (reference: 42).")
@@ -84,6 +88,7 @@ def main(argv: list[str]) -> None:
   options = prepare.PrepareOptions(
       history_len=_HISTORY_LEN.value, min_history=_MIN_HISTORY.value,
       keep_last_of_short_users=_KEEP_LAST.value, target_rating_above=_TARGET_RATING.value,
+      drop_empty_history=_DROP_EMPTY.value,
       train_fraction=_TRAIN_FRACTION.value, valid_fraction=_VALID_FRACTION.value,
       eval_sample_size=_VALID_TEST_SIZE.value, eval_sample_seed=_EVAL_SEED.value,
       few_shot_sample=_SAMPLE.value, few_shot_seed=_SEED.value,

@@ -48,7 +48,8 @@ class BaselineData:
 def encode_rows(rows: Sequence[dict[str, Any]], num_items: int, max_len: int) -> Sequences:
   """Keeps the last `max_len` history ids of each row, left-padded with num_items.
 
-  Rows come checked by `prepared.read_rows` (ids inside the catalog, non-empty histories).
+  Rows come checked by `prepared.read_rows` (ids inside the catalog). An empty history
+  (the game rule's single-review users) is a row of padding only.
   """
   histories = np.full((len(rows), max_len), num_items, dtype=np.int32)
   targets = np.empty((len(rows),), dtype=np.int32)

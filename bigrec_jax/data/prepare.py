@@ -62,8 +62,9 @@ def _both_given(name, interactions, items):
                     f"(got interactions={interactions!r}, items={items!r})")
 
 
+# The reference's rules as its notebooks have them today (bigrec_jax/REFERENCE.md, "Data").
 _MOVIE = dict(domain="movie", min_history=10, keep_last_of_short_users=False,
-              target_rating_above=3.0)
+              target_rating_above=None)
 DATASETS: dict[str, DatasetSpec] = {
     "ml-100k": DatasetSpec(_read_ml100k, interactions_help="recbole ml-100k.inter",
                            items_help="recbole ml-100k.item", **_MOVIE),
@@ -85,6 +86,7 @@ class PrepareOptions:
   min_history: int | None = None
   keep_last_of_short_users: bool | None = None
   target_rating_above: float | str | None = "default"  # number, "default" or None/"none"
+  drop_empty_history: bool = False  # drop examples without history (reference: keeps them)
   train_fraction: float = 0.8
   valid_fraction: float = 0.1
   eval_sample_size: int = 5000
@@ -121,6 +123,7 @@ def resolve_rules(spec: DatasetSpec, options: PrepareOptions) -> sequences.Seque
                                 if options.keep_last_of_short_users is None
                                 else options.keep_last_of_short_users),
       target_rating_above=_rating_rule(options.target_rating_above, spec.target_rating_above),
+      drop_empty_history=options.drop_empty_history,
       train_fraction=options.train_fraction, valid_fraction=options.valid_fraction).check()
 
 

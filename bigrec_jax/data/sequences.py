@@ -1,4 +1,4 @@
-"""From an interaction log to time-split next-item examples (reference rules, each an option).
+"""From an interaction log to time-split next-item examples (the reference's rules; departures are options).
 
 Per user, interactions are sorted by time (stable: ties keep file order); users keep the order in
 which they first appear in the file. An example is a target position with the previous
@@ -19,19 +19,24 @@ from bigrec_jax.files import UserError
 
 @dataclasses.dataclass(frozen=True)
 class SequenceRules:
-  """Which positions become examples.
+  """Which positions become examples (bigrec_jax/REFERENCE.md, "Data").
 
-  - movie rule (reference ML notebooks): `min_history=10`, `keep_last_of_short_users=False`,
-    `target_rating_above=3` (only targets rated 4-5; the history keeps every rating).
-  - game rule (reference Amazon notebook): positions `i >= min(10, n-1)`, i.e. users with more
-    than 10 items give every position with a full history, shorter users give one example (their
-    last item after all earlier ones); `keep_last_of_short_users=True`, no rating filter.
-  A target always needs at least one history item.
+  - movie rule (the reference's MovieLens notebook as it is today): every position `i >= 10` of a
+    user's time-sorted sequence, whatever its rating: `min_history=10`,
+    `keep_last_of_short_users=False`, `target_rating_above=None`.
+  - game rule (the reference's Amazon notebook): positions `i >= min(10, n-1)`, i.e. users with
+    more than 10 items give every position with a full history, shorter users give one example
+    (their last item after all earlier ones; a single-review user's has an empty history);
+    `keep_last_of_short_users=True`.
+  Departures, off by default: `target_rating_above=3` keeps only targets rated above 3 (the
+  reference's first commit: "a movie the user likes"; histories keep every rating), and
+  `drop_empty_history` drops examples without a history item.
   """
   history_len: int = 10
   min_history: int = 10
   keep_last_of_short_users: bool = False
   target_rating_above: float | None = None
+  drop_empty_history: bool = False
   train_fraction: float = 0.8
   valid_fraction: float = 0.1
 
@@ -39,7 +44,7 @@ class SequenceRules:
     if self.history_len < 1:
       raise UserError(f"history_len must be >= 1, got {self.history_len}")
     if self.min_history < 1:
-      raise UserError(f"min_history must be >= 1 (a target needs a history), got {self.min_history}")
+      raise UserError(f"min_history must be >= 1, got {self.min_history}")
     if not (0 < self.train_fraction and 0 <= self.valid_fraction
             and self.train_fraction + self.valid_fraction <= 1):
       raise UserError(f"split fractions --train_fraction={self.train_fraction} "
@@ -90,7 +95,9 @@ def build_examples(log: RawLog, rules: SequenceRules) -> list[Example]:
   local = np.arange(len(seq.order)) - start
   first = np.where(length > rules.min_history, rules.min_history,
                    np.where(rules.keep_last_of_short_users, length - 1, length))
-  keep = (local >= first) & (local >= 1)
+  keep = local >= first
+  if rules.drop_empty_history:
+    keep &= local >= 1
   if rules.target_rating_above is not None:
     keep &= ratings > rules.target_rating_above
   targets = np.flatnonzero(keep)

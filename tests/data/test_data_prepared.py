@@ -110,7 +110,6 @@ def _rewrite(path, edit):
     (lambda rows: rows[1].pop("output"), "row 1 .*missing 'output'"),
     (lambda rows: rows[2].update(target_item_id=99), "row 2 .*unknown item id 99"),
     (lambda rows: rows[0]["history_item_ids"].append(-1), "row 0 .*unknown item id -1"),
-    (lambda rows: rows[3].update(history_item_ids=[]), "row 3 .*empty history"),
     (lambda rows: rows[0].update(output='"Gamma (1992)'), "row 0 .*quoted title"),
     (lambda rows: rows[0].update(output='"Wrong"'), "row 0 .*not the title of target_item_id"),
     (lambda rows: rows[0].update(domain="book"), "row 0 .*unknown domain"),
@@ -143,9 +142,11 @@ def test_toy_prepared_files(toy_prepared):
                          "Epsilon (1994)"]
   assert json.load(open(os.path.join(toy_prepared, "item_map.json"))) == {
       "1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
-  assert data.popularity.tolist() == [2, 2, 2, 1, 1]
+  # user 3's single rating is a training target with an empty history (the game rule)
+  assert data.rows("train")[0]["history_item_ids"] == []
+  assert data.popularity.tolist() == [2, 3, 2, 1, 1]
   assert [len(data.rows(s)) for s in ("train", "valid", "test", "valid_5000", "test_5000")] == [
-      4, 1, 1, 1, 1]
+      5, 1, 1, 1, 1]
 
 
 def test_directory_without_stats_is_refused(toy_prepared):
@@ -160,4 +161,4 @@ def test_build_writes_nothing_and_write_is_complete(tmp_path, toy_dat):
   assert set(built.rows) == {"train", "valid", "test", "valid_5000", "test_5000"}
   stats = prepare.write(str(tmp_path / "out"), built)
   assert sorted(os.listdir(tmp_path / "out")) == sorted(CONTRACT_FILES)
-  assert stats["examples"] == {"train": 2, "valid": 0, "test": 1, "valid_5000": 0, "test_5000": 1}
+  assert stats["examples"] == {"train": 4, "valid": 0, "test": 1, "valid_5000": 0, "test_5000": 1}

@@ -1,6 +1,8 @@
 """Sequence, split, sampling and popularity rules on a toy log with hand-written expectations."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from bigrec_jax.files import UserError
 #   user 4: 1@145 r2, 4@150 r1
 MOVIE_RULE = sequences.SequenceRules(history_len=2, min_history=2, target_rating_above=3)
 GAME_RULE = sequences.SequenceRules(history_len=2, min_history=2, keep_last_of_short_users=True)
+GAME_RULE_NO_EMPTY = dataclasses.replace(GAME_RULE, drop_empty_history=True)
 
 
 def _plain(examples):
@@ -34,13 +37,15 @@ def test_movie_rule_full_history_and_positive_targets(toy_dat):
 
 def test_game_rule_keeps_last_item_of_short_users(toy_dat):
   log = movielens.read_ml_dat(*toy_dat)
-  assert _plain(sequences.build_examples(log, GAME_RULE)) == [
+  with_empty = _plain(sequences.build_examples(log, GAME_RULE))
+  assert with_empty[0] == ("3", [], 1, 101)  # user 3 has one item: one example, empty history
+  assert _plain(sequences.build_examples(log, GAME_RULE_NO_EMPTY)) == with_empty[1:] == [
       ("2", [2, 0], 4, 115),
       ("1", [0, 1], 2, 120),
       ("2", [0, 4], 1, 125),
       ("1", [1, 2], 3, 130),
       ("1", [2, 3], 4, 140),
-      ("4", [0], 3, 150),  # user 4 has 2 items: one example, history of 1; user 3 has none
+      ("4", [0], 3, 150),  # user 4 has 2 items: one example, history of 1
   ]
 
 
@@ -48,10 +53,11 @@ def test_reference_range_of_game_rule():
   """Positions range(min(10, n-1), n) of the reference notebook, for every length n."""
   for n in range(1, 25):
     log = _single_user_log(n)
-    got = [len(e.history) for e in sequences.build_examples(
-        log, sequences.SequenceRules(keep_last_of_short_users=True))]
-    want = [min(i, 10) for i in range(min(10, n - 1), n) if i >= 1]
-    assert got == want, n
+    for drop_empty in (False, True):
+      got = [len(e.history) for e in sequences.build_examples(
+          log, sequences.SequenceRules(keep_last_of_short_users=True, drop_empty_history=drop_empty))]
+      want = [min(i, 10) for i in range(min(10, n - 1), n) if i >= int(drop_empty)]
+      assert got == want, (n, drop_empty)
 
 
 def _single_user_log(n):
@@ -71,7 +77,7 @@ def test_split_is_80_10_10_in_time_order():
 
 def test_training_popularity_counts_only_what_training_examples_show(toy_dat):
   log = movielens.read_ml_dat(*toy_dat)
-  examples = sequences.build_examples(log, GAME_RULE)
+  examples = sequences.build_examples(log, GAME_RULE_NO_EMPTY)
   train, valid, test = sequences.split_examples(examples)
   assert (len(train), len(valid), len(test)) == (4, 1, 1)
   # user 2 positions 0-3 (items 2, 0, 4, 1) and user 1 positions 0-3 (items 0, 1, 2, 3)
@@ -123,7 +129,8 @@ def test_multi_domain_concat_keeps_each_domain(tmp_path, toy_dat):
                   prepare.PrepareOptions(domain="game", target_rating_above="none",
                                          keep_last_of_short_users=True, **opts))
   rows = prepared.load_training_rows([str(movie), str(game)], sample=-1, seed=0)
-  assert [r["domain"] for r in rows] == ["movie"] * 2 + ["game"] * 4
+  # movie: 5 examples (every rating; users 3 and 4 too short) -> 4 train; game: 7 -> 5 train
+  assert [r["domain"] for r in rows] == ["movie"] * 4 + ["game"] * 5
   assert rows[-1]["instruction"] == prompts.INSTRUCTIONS["game"]
   assert rows[-1]["input"].startswith("The user has played the following video games before:")
   assert len(prepared.load_training_rows([str(movie), str(game)], sample=1, seed=0)) == 2

@@ -24,7 +24,7 @@ def test_tfds_round_trip(tmp_path, toy_dat):
     assert [r.pop("index") for r in back] == list(range(len(back)))
     assert back == data.rows(split)
   source = tfds_builder.data_source(data_dir, "train")
-  assert sorted(int(source[i]["index"]) for i in range(len(source))) == [0, 1, 2, 3]
+  assert sorted(int(source[i]["index"]) for i in range(len(source))) == [0, 1, 2, 3, 4]
   with pytest.raises(UserError, match="no built"):
     tfds_builder.data_source(str(tmp_path / "nothing"), "train")
   assert not (tmp_path / "nothing").exists()
@@ -39,4 +39,4 @@ def test_tfds_rebuild_replaces_old_records(tmp_path, toy_dat):
   tfds_builder.build(out, rows_by_split={"train": rows})
   tfds_builder.build(out, rows_by_split={"train": rows[:1]})
   assert len(tfds_builder.read(tfds_builder.default_data_dir(out), "train")) == 1
-  assert json.load(open(os.path.join(out, "stats.json")))["examples"]["train"] == 2
+  assert json.load(open(os.path.join(out, "stats.json")))["examples"]["train"] == 4
