@@ -1,4 +1,4 @@
-"""Default BIGRec configuration: the reference hyperparameters (SPEC.md) on the embedded assets.
+"""Default BIGRec configuration: the reference hyperparameters (REFERENCE.md) on the embedded assets.
 
 Every field can be overridden on the command line, e.g. `--config.train.learning_rate=3e-4`.
 Other presets (configs/demo.py, movie_llama7b.py, ...) start from this one.

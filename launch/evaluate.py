@@ -24,7 +24,7 @@ _VALID = flags.DEFINE_string("valid_predictions", None, "Generated valid rows (J
 _TEST = flags.DEFINE_string("test_predictions", None, "Generated test rows (JSON list with `predict`).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where metrics.json and the plots go.")
 _MODEL = flags.DEFINE_string("model", None, "Base model for embeddings: .gguf file or HF directory "
-                             "(no adapter: SPEC embeds with the base model). Default: embedded SmolLM2.")
+                             "(no adapter: the reference embeds with the base model). Default: embedded SmolLM2.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the tokenizer files, for "
                                  "a --model whose own are missing (default: the model's).")
 _CF_NAMES = flags.DEFINE_list("cf_names", [], "Names of CF score sources, e.g. sasrec,dros.")
@@ -40,7 +40,7 @@ _BEAMS = flags.DEFINE_integer(
     "have). Gamma 0 ranks items by the combined distance; injection multiplies its per-row "
     "min-max by the popularity/CF weights as usual. --beams=1 is exactly the single-beam "
     "grounding. Not combined with --beam.")
-_POP_GAMMAS = flags.DEFINE_list("pop_gammas", [], "Popularity gamma grid (default 0..99, as SPEC).")
+_POP_GAMMAS = flags.DEFINE_list("pop_gammas", [], "Popularity gamma grid (default 0..99, as the reference).")
 _CF_GAMMAS = flags.DEFINE_list("cf_gammas", [], "CF gamma grid (default 0,0.01..0.99,1..99).")
 _BOTH = flags.DEFINE_boolean("both", True, "Also tune popularity + CF together (an extension).")
 _CACHE = flags.DEFINE_string("embedding_cache", None, "Catalog embedding cache directory "

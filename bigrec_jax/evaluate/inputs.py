@@ -16,7 +16,7 @@ from bigrec_jax.files import UserError, read_json, read_npy
 
 
 def clean_text(text: str) -> str:
-  """SPEC.md: titles and predictions lose surrounding spaces and double quotes before embedding."""
+  """REFERENCE.md: titles and predictions lose surrounding spaces and double quotes before embedding."""
   return prompts.unquote(text)
 
 
@@ -139,11 +139,16 @@ def _target_of(row: dict, catalog: Catalog, where) -> int:
 
 def read_cf_scores(path: str, predictions: Predictions, num_items: int) -> np.ndarray:
   """A [rows, N] score matrix from a sequential model, rows aligned with the prediction file."""
+  return read_score_matrix(path, predictions.num_rows, num_items, predictions.path)
+
+
+def read_score_matrix(path: str, num_rows: int, num_items: int, rows_path: str) -> np.ndarray:
+  """A baseline's exported [rows, N] scores (baselines/run.py), checked against rows_path's rows."""
   scores = read_npy(path, ndim=2)
-  if scores.shape != (predictions.num_rows, num_items):
-    raise UserError(f"{path}: CF scores have shape {scores.shape} but {predictions.path} has "
-                    f"{predictions.num_rows} rows and the catalog {num_items} items; expected "
-                    f"({predictions.num_rows}, {num_items}) with rows in the same order")
+  if scores.shape != (num_rows, num_items):
+    raise UserError(f"{path}: CF scores have shape {scores.shape} but {rows_path} has "
+                    f"{num_rows} rows and the catalog {num_items} items; expected "
+                    f"({num_rows}, {num_items}) with rows in the same order")
   if scores.dtype.kind not in "fiu":
     raise UserError(f"{path}: CF scores must be numbers, got dtype {scores.dtype}")
   return scores

@@ -1,4 +1,4 @@
-"""The one metrics function: NDCG@K and HR@K from 0-based all-rank positions (SPEC.md)."""
+"""The one metrics function: NDCG@K and HR@K from 0-based all-rank positions (REFERENCE.md)."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence

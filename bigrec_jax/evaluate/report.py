@@ -82,7 +82,7 @@ def plot_popularity(path: str, counts: np.ndarray, recommended: Mapping[str, np.
                     target_ids: np.ndarray, top_n: int = 10) -> None:
   """Training popularity of the top-`top_n` recommended items vs the true items (share per bin).
 
-  Top-N rather than top-1: injection never changes the top-1 item (SPEC.md), only what follows.
+  Top-N rather than top-1: injection never changes the top-1 item (REFERENCE.md), only what follows.
   """
   from matplotlib.figure import Figure
 

@@ -1,6 +1,6 @@
 """Text embeddings for grounding: the base model's last hidden state at a text's last token.
 
-SPEC.md "Step 2": the embedding of a text is what HF returns as `hidden_states[-1][:, -1]` from
+REFERENCE.md "Step 2": the embedding of a text is what HF returns as `hidden_states[-1][:, -1]` from
 the BASE model (no LoRA) with left padding, i.e. the hidden state after the final RMSNorm at the
 last real token. Texts are tokenized as the tokenizer does by default (special tokens included),
 sorted by length and cut into batches whose padded length is rounded up to a bucket

@@ -1,6 +1,6 @@
 """Choosing the injection strength gamma on validation, per K and per metric, and applying it.
 
-SPEC.md: popularity gamma over 0, 1, ..., 99; CF gamma over 0, 0.01, ..., 0.99, 1, ..., 99; the
+REFERENCE.md: popularity gamma over 0, 1, ..., 99; CF gamma over 0, 0.01, ..., 0.99, 1, ..., 99; the
 best gamma per K on `valid_5000` is applied to `test_5000`. Each metric's gamma is chosen by
 that metric (NDCG@K by NDCG@K, HR@K by HR@K; the reference picked HR's with NDCG, a bug).
 Ties between gammas go to the smallest gamma (the first in grid order), i.e. the weakest change.

@@ -9,7 +9,7 @@ block bigger than [query_batch x items_per_shard] exists at any time; by default
 from a memory budget (`auto_query_batch`). Queries may be numpy or already on the device; row
 padding to whole batches happens on the device, inside the jitted function.
 
-Ranking key (lower is better), SPEC.md "Step 2":
+Ranking key (lower is better), REFERENCE.md "Step 2":
   s  = [q, 1] . [2e, -||e||^2] = 2 q.e - ||e||^2       (one matmul against the placed table)
   D  = sqrt(max(||q||^2 - s, 0))                       (the L2 distance, cdist's clamp)
   D' = (D - min_row D) / (max_row D - min_row D)       (exact over the whole catalog)

@@ -1,4 +1,4 @@
-"""The side signals injected into grounding, normalised as SPEC.md "Step 2" says.
+"""The side signals injected into grounding, normalised as REFERENCE.md "Step 2" says.
 
 Both are computed in float64 on the host (they are small or read from files anyway) and handed
 to the kernel as float32 values in [0, 1] where higher means "push this item up".

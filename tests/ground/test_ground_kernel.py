@@ -103,7 +103,7 @@ def test_grid_equals_single_kernel_per_gamma():
 
 
 def test_gamma_only_reorders_below_the_top_item(single_device):
-  """SPEC: after min-max the nearest item has D' = 0, so injection never changes the top-1."""
+  """REFERENCE.md: after min-max the nearest item has D' = 0, so injection never changes the top-1."""
   plain = single_device["float", 0.0, 0.0]
   for gp, gc in [(3.0, 0.0), (2.0, 0.5), (0.0, 1.5)]:
     np.testing.assert_array_equal(single_device["float", gp, gc].top_ids[:, 0], plain.top_ids[:, 0])
