@@ -116,3 +116,41 @@ def test_half_written_checkpoint_of_a_killed_save_is_ignored(setup, tmp_path):
   restored, _, _ = _restore(ckpts, setup)
   assert int(restored.step) == 1 and ckpts.all_steps() == [1]
   ckpts.close()
+
+
+def _full_setup():
+  model = tiny_model()
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  opt, _ = opt_lib.make_optimizer(1e-3, 10, decay_mask=opt_lib.hf_decay_mask)
+  state = step_lib.init_state(model.config, None, opt, 0, mesh, params=model.params)
+  shardings = step_lib.state_shardings(model.config, None, opt, mesh)
+  return state, shardings, step_lib.trainable_shardings(model.config, None, mesh)
+
+
+def test_full_state_round_trip_and_a_mode_mismatch_is_a_clear_error(tmp_path):
+  """train.mode=full saves every weight with its moments and restores them bit for bit; a run
+  of the other mode on the same checkpoints gets a UserError naming both modes and the checkpoint
+  is left where it is (not quarantined as corrupt)."""
+  from bigrec_jax.files import UserError
+
+  full = _full_setup()
+  directory = str(tmp_path / "ckpt")
+  ckpts = ckpt_lib.Checkpoints(directory, keep=2, mode="full")
+  s = _at_step(full[0], 3)
+  ckpts.save(s, s.trainable, {"epoch": 0})
+  ckpts.close()
+  ckpts = ckpt_lib.Checkpoints(directory, keep=2, mode="full")
+  restored, best, meta = _restore(ckpts, full)
+  assert meta["mode"] == "full" and int(restored.step) == 3
+  for a, b in zip(jax.tree.leaves(jax.device_get(s)), jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_array_equal(a, b)
+  assert jax.tree.structure(best) == jax.tree.structure(full[0].trainable)
+  ckpts.close()
+
+  lora_setup = (step_lib.init_state(tiny_model().config, LoraConfig(), opt_lib.make_optimizer(
+      1e-3, 10)[0], 0, parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])),) + full[1:]
+  ckpts = ckpt_lib.Checkpoints(directory, keep=2, mode="lora")
+  with pytest.raises(UserError, match="train.mode=full run, but this run has train.mode=lora"):
+    _restore(ckpts, lora_setup)
+  ckpts.close()
+  assert ckpts.all_steps() == [3] and not os.path.exists(directory + "_corrupt")
