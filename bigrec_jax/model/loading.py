@@ -266,7 +266,12 @@ def _convert_gguf(path: str) -> str:
     if name not in tensors:
       raise UserError(f"{path}: tensor {name!r} is missing")
     t = tensors[name]
-    return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+    try:
+      return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+    except NotImplementedError:
+      raise UserError(f"{path}: tensor {name!r} is stored as {t.tensor_type.name}, which the gguf "
+                      f"package {_gguf_version()} cannot dequantize; use a file quantized to a "
+                      "common type (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K, ...)") from None
 
   def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     # llama.cpp interleaves the two rotary halves of every head; restore HF's rotate_half order.
@@ -286,12 +291,14 @@ def _convert_gguf(path: str) -> str:
         w = unpermute(w, n_kv)
       weights[f"model.layers.{i}.{hf}.weight"] = w
   vocab = weights["model.embed_tokens.weight"].shape[0]
+  head_dim = int(field("llama.rope.dimension_count", hidden // n_head))
+  theta = float(field("llama.rope.freq_base", 10000.0))
+  rope_scaling = _gguf_rope_scaling(path, field, tensors, load, head_dim, theta)
   config = {
       "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
       "hidden_size": hidden, "intermediate_size": int(field("llama.feed_forward_length")),
       "num_hidden_layers": n_layer, "num_attention_heads": n_head, "num_key_value_heads": n_kv,
-      "head_dim": int(field("llama.rope.dimension_count", hidden // n_head)),
-      "rope_theta": float(field("llama.rope.freq_base", 10000.0)),
+      "head_dim": head_dim, "rope_theta": theta, "rope_scaling": rope_scaling,
       "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
       "max_position_embeddings": int(field("llama.context_length", 2048)),
       "tie_word_embeddings": tied, "bos_token_id": field("tokenizer.ggml.bos_token_id"),
@@ -305,6 +312,88 @@ def _convert_gguf(path: str) -> str:
     _save_gguf_tokenizer(path, out)
   write_json(done, {"source": os.path.abspath(path)})
   return out
+
+
+def _gguf_version() -> str:
+  from importlib import metadata
+
+  return metadata.version("gguf")
+
+
+def _gguf_rope_scaling(path: str, field, tensors: dict, load, head_dim: int,
+                       theta: float) -> dict | None:
+  """HF `rope_scaling` for a llama GGUF file's RoPE scaling (None: plain RoPE).
+
+  llama.cpp's converter writes Llama 3.1/3.2's "llama3" scaling as a `rope_freqs` tensor of
+  per-frequency divisors (no metadata); linear scaling as llama.rope.scaling.type/factor. Any
+  other kind (YaRN, ...) is refused rather than run unscaled, which would give wrong logits."""
+  kind = field("llama.rope.scaling.type", "none")
+  if "rope_freqs.weight" in tensors:
+    if kind != "none":
+      raise UserError(f"{path}: both a rope_freqs tensor and llama.rope.scaling.type={kind!r}; "
+                      "only one RoPE scaling at a time is supported")
+    return _llama3_scaling_from_freq_factors(
+        load("rope_freqs.weight"), head_dim, theta,
+        field("llama.rope.scaling.original_context_length"), path)
+  if kind == "none":
+    return None
+  if kind == "linear":
+    return {"rope_type": "linear", "factor": float(field("llama.rope.scaling.factor"))}
+  raise UserError(f"{path}: llama.rope.scaling.type={kind!r} is not supported (supported: none, "
+                  "linear, and llama3 scaling as a rope_freqs tensor)")
+
+
+def _llama3_rope_factors(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+  """What each inverse frequency is divided by under HF's llama3 rope_scaling (llama.cpp's
+  rope_freqs tensor)."""
+  factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+  old = scaling["original_max_position_embeddings"]
+  wavelen = 2 * np.pi / inv_freq
+  smooth = (old / wavelen - lo) / (hi - lo)
+  return np.where(wavelen < old / hi, 1.0, np.where(
+      wavelen > old / lo, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+
+
+def _llama3_scaling_from_freq_factors(factors: np.ndarray, head_dim: int, theta: float,
+                                      original_context, path: str) -> dict | None:
+  """The llama3 rope_scaling whose per-frequency divisors are `factors`; UserError if none is.
+
+  Only old/low_freq_factor and old/high_freq_factor (the band's wavelengths) matter: they are
+  fitted to the smoothly scaled band and written in Meta's form (low_freq_factor 1), or with the
+  file's original_context_length when it has one; with fewer than two frequencies in the band,
+  Meta's 1 and 4 are assumed. The result must reproduce every divisor."""
+  inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  factors = np.asarray(factors, np.float64).reshape(-1)
+  if factors.shape != inv.shape:
+    raise UserError(f"{path}: rope_freqs has {factors.size} entries, expected {inv.size} "
+                    f"(head_dim {head_dim} / 2)")
+  if np.allclose(factors, 1.0):
+    return None
+  factor = float(factors.max())
+  wavelen = 2 * np.pi / inv
+  # 1 where a frequency is kept, 0 where it is divided by `factor`, between in the band.
+  share = (1.0 / factors - 1.0 / factor) / (1.0 - 1.0 / factor)
+  band = (share > 1e-6) & (share < 1 - 1e-6)
+  old = float(original_context or 8192)
+  if band.sum() >= 2:
+    slope, intercept = np.polyfit(old / wavelen[band], share[band], 1)
+    lo = -intercept / slope
+    hi = lo + 1.0 / slope
+    if not original_context and lo > 0:  # Meta's form: low_freq_factor 1, the band's end as old
+      old, hi, lo = old / lo, hi / lo, 1.0
+  else:
+    lo, hi = 1.0, 4.0
+    if band.any():  # place the band so its one frequency gets its share
+      old = float(wavelen[band][0] * (lo + share[band][0] * (hi - lo)))
+  tidy = lambda x: float(round(x)) if abs(x - round(x)) < 1e-5 * max(1.0, abs(x)) else float(x)
+  scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": tidy(lo),
+             "high_freq_factor": tidy(hi), "original_max_position_embeddings": int(tidy(old))
+             if tidy(old).is_integer() else tidy(old)}
+  if not (0 < lo < hi) or not np.allclose(_llama3_rope_factors(inv, scaling), factors,
+                                          rtol=1e-4):
+    raise UserError(f"{path}: the rope_freqs tensor is not a llama3 RoPE scaling this loader "
+                    "can express; refusing to run the model with unscaled RoPE")
+  return scaling
 
 
 def _save_gguf_tokenizer(gguf_path: str, out: str) -> None:
