@@ -243,7 +243,7 @@ def _convert_gguf(path: str) -> str:
                        ).hexdigest()[:16]
   out = os.path.join(assets.home(), "converted", f"{os.path.basename(path)}.{key}")
   done = os.path.join(out, ".complete")
-  if os.path.exists(done):
+  if os.path.exists(done) and _conversion_is_current(done, path):
     return out
   import gguf
   from safetensors.numpy import save_file
@@ -310,8 +310,26 @@ def _convert_gguf(path: str) -> str:
   write_json(os.path.join(out, "config.json"), config)
   if "tokenizer.ggml.model" in reader.fields:  # else load_model reports it (or uses --tokenizer)
     _save_gguf_tokenizer(path, out)
-  write_json(done, {"source": os.path.abspath(path)})
+  write_json(done, {"source": os.path.abspath(path), "version": _CONVERSION_VERSION})
   return out
+
+
+# 2: RoPE scaling is read from the file. Older conversions stay valid for files without any.
+_CONVERSION_VERSION = 2
+
+
+def _conversion_is_current(done: str, gguf_path: str) -> bool:
+  with open(done) as f:
+    if json.load(f).get("version", 1) >= _CONVERSION_VERSION:
+      return True
+  import gguf
+
+  reader = gguf.GGUFReader(gguf_path)
+  scaled = ("llama.rope.scaling.type" in reader.fields or
+            any(t.name == "rope_freqs.weight" for t in reader.tensors))
+  if not scaled:  # the old conversion is what this code would write: mark it current
+    write_json(done, {"source": os.path.abspath(gguf_path), "version": _CONVERSION_VERSION})
+  return not scaled
 
 
 def _gguf_version() -> str:

@@ -246,6 +246,15 @@ def test_gguf_llama3_rope_scaling_matches_transformers(tmp_path):
   plain = _tiny_hf(**{**LLAMA3, "rope_scaling": None})
   plain.load_state_dict(hf.state_dict())
   assert _logits_vs_hf(ours, plain) > 0.05
+  # A conversion cached by the code before RoPE scaling was read is redone, not reused.
+  converted = _convert_gguf(str(tmp_path / "llama3.gguf"))
+  config = json.loads(open(os.path.join(converted, "config.json")).read())
+  del config["rope_scaling"]
+  with open(os.path.join(converted, "config.json"), "w") as f:
+    json.dump(config, f)
+  with open(os.path.join(converted, ".complete"), "w") as f:
+    json.dump({"source": str(tmp_path / "llama3.gguf")}, f)
+  assert _load_gguf(tmp_path / "llama3.gguf").config.rope_scaling_dict["rope_type"] == "llama3"
 
 
 def test_gguf_linear_rope_scaling_matches_transformers(tmp_path):
