@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from bigrec_jax import files
-from bigrec_jax.data import prepared
+from bigrec_jax.data import prepared, sequences
 from bigrec_jax.evaluate import compare
 from bigrec_jax.files import UserError
 
@@ -251,6 +251,8 @@ def write_report(config, paths: Paths) -> str:
            f"{ex.get('valid_5000')} valid and {ex.get('test_5000')} test rows; LLM trained on "
            f"{config.data.sample if config.data.sample > 0 else 'all'} examples "
            f"(seed {config.seed}). Full statistics: `data/stats.json`.", "",
+           f"Data rule: {sequences.describe_rules(stats['rules'])}." if "rules" in stats else "",
+           "",
            f"## Test results (all-rank over {ev['num_items']} items, "
            f"{ev['counts']['test']['rows']} rows, "
            f"{ev['counts']['test']['empty_predictions']} empty predictions)", ""]

@@ -272,4 +272,5 @@ def summary(stats: dict[str, Any], out_dir: str) -> str:
           f"{stats['interactions']} interactions; examples "
           + ", ".join(f"{k} {v}" for k, v in ex.items())
           + f"; {stats['duplicate_titles']} titles shared by several items; "
-          f"built in {stats.get('build_seconds', 0):.1f} s")
+          f"built in {stats.get('build_seconds', 0):.1f} s\nrule: "
+          + sequences.describe_rules(stats["rules"]))

@@ -53,6 +53,23 @@ class SequenceRules:
     return self
 
 
+def describe_rules(rules: dict) -> str:
+  """One line for reports: which positions became examples (`rules` as stats.json records them)."""
+  if rules.get("keep_last_of_short_users"):
+    text = (f"positions i >= min({rules['min_history']}, n-1) of each user's n interactions "
+            "(the reference's Amazon rule)")
+  else:
+    text = f"every position i >= {rules['min_history']} of each user's interactions"
+  if rules.get("target_rating_above") is not None:
+    text += (f", only targets rated above {rules['target_rating_above']:g} (departure: the "
+             "reference's first commit)")
+  else:
+    text += ", every target whatever its rating (the reference today)"
+  if rules.get("drop_empty_history"):
+    text += ", examples without history dropped (departure)"
+  return text + f"; history of the last {rules['history_len']} items"
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
   """One next-item example; positions index the user-grouped, time-sorted interaction order."""

@@ -123,9 +123,11 @@ def test_ml100k_counts_match_the_reference():
                                f"--out_dir={out}/d", *flags], capture_output=True, text=True)
       assert result.returncode == 0, result.stderr
       stats = json.load(open(f"{out}/d/stats.json"))
-    return [stats["examples"][s] for s in prepare.SPLITS], stats["rules"]
+    return [stats["examples"][s] for s in prepare.SPLITS], stats["rules"], result.stdout
 
-  split, rules = counts()
+  split, rules, printed = counts()
   assert split == [72456, 9057, 9057] and rules["target_rating_above"] is None
-  split, rules = counts("--target_rating_above=3")
+  assert "every target whatever its rating" in printed
+  split, rules, printed = counts("--target_rating_above=3")
   assert split == [39788, 4974, 4974] and rules["target_rating_above"] == 3.0
+  assert "only targets rated above 3" in printed and "whatever" not in printed
