@@ -70,6 +70,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1)):
     if field in config.data and config.data[field] < low:
       raise UserError(f"--config.data.{field}={config.data[field]}: must be >= {low}")
+  from bigrec_jax.data.prepare import DATASETS
+
+  if config.data.dataset not in DATASETS:
+    raise UserError(f"--config.data.dataset={config.data.dataset!r}: choose one of "
+                    f"{', '.join(DATASETS)}")
+  g = config.generate  # checked here, not after training has run
+  for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
+    if g[field] < 1:
+      raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
+  if config.ground.get("embed_batch_size", 1) < 1:
+    raise UserError(f"--config.ground.embed_batch_size={config.ground.embed_batch_size}: must be "
+                    ">= 1")
+  unknown = [m for m in config.ground.get("cf_sources", ()) if m not in config.baselines.models]
+  if unknown:
+    raise UserError(f"--config.ground.cf_sources: {unknown} not in --config.baselines.models "
+                    f"{tuple(config.baselines.models)}: CF scores come from the baselines run")
   if config.model.path and not os.path.exists(config.model.path):
     raise UserError(f"--config.model.path={config.model.path}: no such file or directory")
   for f in ("interactions_file", "items_file"):
