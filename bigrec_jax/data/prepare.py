@@ -111,7 +111,8 @@ def _rating_rule(value: float | str | None, default: float | None) -> float | No
     try:
       return float(text)
     except ValueError:
-      raise UserError(f"target_rating_above must be a number, 'default' or 'none', got {value!r}") from None
+      raise UserError(f"--target_rating_above (--config.data.target_rating_above) must be a "
+                      f"number, 'default' or 'none', got {value!r}") from None
   return None if value is None else float(value)
 
 
