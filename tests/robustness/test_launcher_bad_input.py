@@ -176,6 +176,18 @@ def test_list_config_field_with_wrong_elements(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("--config.generate.max_new_tokens=0", "--config.generate.max_new_tokens=0: must be >= 1"),
+    ("--config.ground.cf_sources=caser", "--config.ground.cf_sources: ['caser'] not in"),
+    ("--config.data.dataset=ml100k", "--config.data.dataset='ml100k': choose one of ml-100k"),
+    ("--config.data.valid_test_size=0", "--config.data.valid_test_size=0: must be >= 1"),
+])
+def test_pipeline_config_checked_before_training(tmp_path, override, needle):
+  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w", override)
+  _refused(r, needle)
+  assert not os.path.exists(tmp_path / "w")
+
+
 # ----------------------------------------------------------------------------- unknown names
 
 
@@ -217,6 +229,7 @@ def test_generate_constrained_without_items_in_the_library(ml100k, tmp_path):
     ("--train_fraction=0.95", "--train_fraction=0.95 --valid_fraction=0.1"),
     ("--history_len=0", "--history_len=0: must be >= 1"),
     ("--domain=movies", "--domain: unknown name 'movies'; did you mean movie"),
+    ("--target_rating_above=high", "--target_rating_above"),
 ])
 def test_prepare_data_messages_name_their_flag(tmp_path, flag, needle):
   r = _run("launch/prepare_data.py", f"--out_dir={tmp_path}/out", flag)
