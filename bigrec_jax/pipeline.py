@@ -273,6 +273,10 @@ def write_report(config, paths: Paths) -> str:
            f"{ev['counts']['test']['rows']} rows, "
            f"{ev['counts']['test']['empty_predictions']} empty predictions)", ""]
   lines += _table(rows, ks)
+  paired = compare.paired_comparisons(paths.workdir)
+  if paired:
+    lines += ["", f"## Paired comparisons (the same {paired[0]['rows']} test rows; paired "
+              f"bootstrap, {paired[0]['resamples']} resamples)", "", compare.paired_table(paired)]
   lines += ["", "## Gammas chosen on validation (pop / cf)", ""]
   for name, m in ev["methods"].items():
     if "gammas" in m:

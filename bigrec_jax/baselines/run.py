@@ -101,6 +101,8 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
   metrics = metrics_json(model, ranks, data.num_items)
   info["seconds"] = time.perf_counter() - start
   files.write_json(os.path.join(workdir, "run.json"), info)
+  files.write_json(os.path.join(workdir, "test_ranks.json"), np.asarray(ranks["test"]).tolist(),
+                   indent=None)  # per-row ranks: paired comparisons with BIGRec (same rows)
   files.write_json(os.path.join(workdir, "metrics.json"), metrics)
   test = metrics["methods"][model]["test"]
   log(f"[baseline] {model} test NDCG@10 {test['NDCG@10']:.4f} HR@10 {test['HR@10']:.4f} "

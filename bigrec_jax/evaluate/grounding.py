@@ -45,6 +45,8 @@ class GroundingResult:
   metrics: dict  # JSON-ready: every number, chosen gammas, counts
   choices: dict[str, gamma_lib.GammaChoice]  # method -> validation search
   test_top_ids: dict[str, np.ndarray]  # method -> [Q, K] test top-K (-1 rows: empty prediction)
+  # method -> [Q] 0-based test ranks at the gammas chosen for `plot_metric` (paired comparisons)
+  test_ranks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarray,
@@ -79,14 +81,15 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
                         gamma_pop=gp, gamma_cf=gc, query_batch=query_batch, **beam_kw(split))
     empty = split.predictions.empty
     ranks = np.where(empty, items.num_items, out.target_ranks)
-    return ranking_metrics(ranks, ks), np.where(empty[:, None], -1, out.top_ids)
+    return ranking_metrics(ranks, ks), np.where(empty[:, None], -1, out.top_ids), ranks
 
   methods: dict[str, dict] = {}
   choices: dict[str, gamma_lib.GammaChoice] = {}
   tops: dict[str, np.ndarray] = {}
+  test_ranks: dict[str, np.ndarray] = {}
 
-  valid_plain, _ = ranked(valid)
-  test_plain, tops[PLAIN] = ranked(test)
+  valid_plain, _, _ = ranked(valid)
+  test_plain, tops[PLAIN], test_ranks[PLAIN] = ranked(test)
   methods[PLAIN] = {"valid": valid_plain, "test": test_plain}
 
   def tuned(name: str, choice: gamma_lib.GammaChoice, cf_t=None):
@@ -98,7 +101,7 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
                      "search": choice.to_json()}
     choices[name] = choice
     gp, gc = choice.chosen[plot_metric]
-    tops[name] = ranked(test, cf_t, gp, gc)[1]
+    _, tops[name], test_ranks[name] = ranked(test, cf_t, gp, gc)
 
   pop_choice = gamma_lib.search(*split_args(valid), vary="pop", grid=pop_grid, ks=ks,
                                 invalid_rows=valid.predictions.empty, **grid_kw, **beam_kw(valid))
@@ -123,4 +126,4 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
       "plot_metric": plot_metric,
       "methods": methods,
   }
-  return GroundingResult(metrics, choices, tops)
+  return GroundingResult(metrics, choices, tops, test_ranks)

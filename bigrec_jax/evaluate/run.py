@@ -121,6 +121,8 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
                     zip(opts.cf_names, opts.cf_valid_scores, opts.cf_test_scores)}}
   result.metrics["seconds"] = {"embedding": round(embedded - start, 2),
                                "grounding": round(time.time() - embedded, 2)}
+  files.write_json(os.path.join(opts.out_dir, "test_ranks.json"),
+                   {m: r.tolist() for m, r in result.test_ranks.items()}, indent=None)
   files.write_json(os.path.join(opts.out_dir, "test_top_items.json"),
                    _top_items(preds["test"], result, catalog), indent=None)
   report.write_report(opts.out_dir, result, counts, preds["test"].target_ids)
