@@ -7,6 +7,11 @@ prompt + generation (special tokens skipped) split at the last `Response:\\n`, a
 length_penalty; null where constrained decoding found fewer hypotheses).
 With `stop_at_closing_quote` (beyond the reference) a hypothesis ends at the closing `"` of its
 title and its text is cut right after that quote (a final token like `",` leaves the `,` out).
+Catalog-aware decoding (generate/guide.py; constrained only, each off by default): `renormalize`,
+`exclude_history` (shown: the row's `history_item_ids`; all_past: every item of the user's
+prepared examples before the row's target time) and `assistant` (per-row item probabilities:
+popularity shares, or the softmax of a baseline's exported score row / temperature) mixed in with
+weight 1 - `guidance`.
 
 Prompts are bucketed by token length (multiples of `bucket_multiple`) so jit compiles one program
 per bucket; every batch is padded to `batch_size` rows (filler rows are dropped). The batch is
@@ -18,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -27,11 +32,13 @@ from bigrec_jax import files, parallel
 from bigrec_jax.data import prompts as prompts_lib
 from bigrec_jax.data import tokenize as tokenize_lib
 from bigrec_jax.files import UserError
-from bigrec_jax.generate import beam_search, decoder, trie as trie_lib
+from bigrec_jax.generate import beam_search, decoder, guide as guide_lib, trie as trie_lib
 
 log = logging.getLogger(__name__)
 
 RESPONSE_SPLIT = "Response:\n"  # the reference splits the decoded text here and keeps the end
+EXCLUDE_MODES = ("none", "shown", "all_past")
+ASSISTANTS = ("none", "mostpop", "sasrec", "gru4rec", "caser")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +56,16 @@ class GenerateOptions:
   max_prompt_len: int = 0  # 0: the model's context minus max_new_tokens
   truncate_long_prompts: bool = False  # drop the oldest tokens with a warning instead of failing
   progress: bool = True
+  # Catalog-aware decoding (generate/guide.py), constrained only; the defaults are the reference.
+  renormalize: bool = False  # log-probs renormalised over the allowed trie children
+  exclude_history: str = "none"  # none | shown | all_past: items the row's user already had
+  assistant: str = "none"  # none | mostpop | sasrec | gru4rec | caser
+  guidance: float = 1.0  # alpha: 1 = the LLM alone, 0 = the assistant alone
+  assistant_temperature: float = 1.0  # CF assistants: softmax(scores / temperature)
+
+  @property
+  def catalog_aware(self) -> bool:
+    return (self.renormalize or self.exclude_history != "none" or self.assistant != "none")
 
 
 class Generator:
@@ -73,7 +90,7 @@ class Generator:
           max_new_tokens=options.max_new_tokens, length_penalty=options.length_penalty,
           early_stopping=options.early_stopping, eos_token_id=int(eos),
           pad_token_id=int(self.config.pad_token_id),
-          stop_at_closing_quote=options.stop_at_closing_quote)
+          stop_at_closing_quote=options.stop_at_closing_quote, renormalize=options.renormalize)
     except ValueError as e:
       raise UserError(f"generation options: {e}") from None
     if options.batch_size < 1:
@@ -90,16 +107,23 @@ class Generator:
     if self.max_prompt_len < 1:
       raise UserError(f"max_new_tokens {options.max_new_tokens} leaves no room for a prompt in "
                       f"the model's context of {self.config.max_position_embeddings} tokens")
-    self.trie = None
+    _check_catalog_options(options)
+    self.trie = self.ranges = self.catalog_order = None
+    self.num_items = len(titles) if titles else 0
     if options.constrained:
       if not titles:
         raise UserError("constrained decoding needs the catalog: pass --items (items.tsv)")
-      tables, longest = trie_lib.catalog_tables(self.tokenizer, titles, self.config.vocab_size,
-                                                eos_token_id=int(eos))
-      if longest > options.max_new_tokens:
+      per_row = options.exclude_history != "none" or options.assistant != "none"
+      catalog = trie_lib.catalog_trie(self.tokenizer, titles, self.config.vocab_size,
+                                      eos_token_id=int(eos), with_ranges=per_row)
+      if catalog.longest > options.max_new_tokens:
         log.warning("the longest catalog title takes %d tokens (with quotes and EOS), more than "
-                    "max_new_tokens=%d: such titles are cut off", longest, options.max_new_tokens)
-      self.trie = trie_lib.to_device(tables, parallel.replicated(self.mesh))
+                    "max_new_tokens=%d: such titles are cut off", catalog.longest,
+                    options.max_new_tokens)
+      self.trie = trie_lib.to_device(catalog.tables, parallel.replicated(self.mesh))
+      if per_row:
+        self.ranges = trie_lib.to_device(catalog.ranges, parallel.replicated(self.mesh))
+        self.catalog_order = catalog.order
     self.quote_counts = None
     if options.stop_at_closing_quote:
       self.quote_counts = jax.device_put(
@@ -146,9 +170,72 @@ class Generator:
         plan.append((length, np.asarray(chunk, np.int64)))
     return plan
 
-  def generate_ids(self, prompt_ids: Sequence[np.ndarray], desc: str = "generate"
+  def row_guidance(self, rows: Sequence[dict], source: str = "rows", *,
+                   data_dir: str | None = None, assistant_scores: np.ndarray | None = None
+                   ) -> RowGuidance | None:
+    """The rows' exclusion / assistant inputs for the options (None: no per-row lever).
+
+    data_dir: the prepared directory (all_past reads its splits, mostpop its popularity.json);
+    assistant_scores: [rows, num_items] a baseline's exported scores (CF assistants).
+    """
+    o = self.options
+    if self.ranges is None:
+      return None
+    excluded = history_exclusions(rows, o.exclude_history, data_dir, source)
+    probs = None
+    if o.assistant == "mostpop":
+      if data_dir is None:
+        raise UserError("--assistant=mostpop needs the prepared data (its popularity.json)")
+      from bigrec_jax.data import prepared
+
+      counts = prepared.read_popularity(data_dir, self.num_items)
+      probs = guide_lib.popularity_probabilities(counts, len(rows))
+    elif o.assistant != "none":
+      if assistant_scores is None:
+        raise UserError(f"--assistant={o.assistant} needs its exported score matrix "
+                        "(--assistant_scores, baselines/<model>/scores_<split>.npy)")
+      probs = guide_lib.softmax_probabilities(assistant_scores, o.assistant_temperature)
+    guidance = RowGuidance(excluded, probs)
+    self._check_something_left(guidance, source)
+    return guidance
+
+  def _check_something_left(self, guidance: RowGuidance, source: str) -> None:
+    """A row whose every catalog item is excluded would return no beam at all: say so."""
+    if guidance.excluded is None:
+      return
+    pos = guide_lib.item_positions(self.catalog_order, self.num_items)
+    for i, ids in enumerate(guidance.excluded):
+      p = pos[np.asarray(list(ids), np.int64)] if len(ids) else np.zeros((0,), np.int64)
+      if len(np.unique(p[p >= 0])) == len(self.catalog_order):
+        raise UserError(f"{source}: row {i}: exclude_history={self.options.exclude_history} "
+                        f"excludes every one of the {len(self.catalog_order)} catalog items "
+                        "in the trie, so no title can be generated for it")
+
+  def _batch_guide(self, guidance: RowGuidance | None, fill: np.ndarray, alpha: float):
+    """(host arrays of this process's rows, a function of the global batch -> CatalogGuide)."""
+    if self.ranges is None:
+      return {}, lambda batch: None
+    if guidance is None:
+      raise ValueError("history exclusion / an assistant needs row_guidance for the rows")
+    host = guide_lib.row_prefixes(
+        self.catalog_order, self.num_items,
+        None if guidance.excluded is None else [guidance.excluded[i] for i in fill],
+        None if guidance.probs is None else guidance.probs[fill])
+    weight = None
+    if guidance.probs is not None:
+      weight = jax.device_put(np.float32(alpha), parallel.replicated(self.mesh))
+    return host, lambda batch: guide_lib.CatalogGuide(
+        self.ranges, batch.get("allowed_prefix"), batch.get("mass_prefix"),
+        batch.get("mass_prefix_low"), weight)
+
+  def generate_ids(self, prompt_ids: Sequence[np.ndarray], desc: str = "generate", *,
+                   guidance: RowGuidance | None = None, alpha: float | None = None
                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per prompt: (tokens [R, T], scores [R], lengths [R]) in input order."""
+    """Per prompt: (tokens [R, T], scores [R], lengths [R]) in input order.
+
+    guidance: `row_guidance` of the same rows (exclusion / assistant); alpha overrides
+    options.guidance (one compiled program serves every alpha).
+    """
     from tqdm import tqdm
 
     data = tokenize_lib.Tokenized.from_lists([list(x) for x in prompt_ids],
@@ -163,11 +250,14 @@ class Generator:
       # Filler rows repeat the batch's first row (it fits this bucket; its output is dropped).
       fill = np.where(indices >= 0, indices, indices[0])[start:stop]
       local = tokenize_lib.pad_examples(data, fill, length, pad_id=int(self.config.pad_token_id))
+      host, make_guide = self._batch_guide(
+          guidance, fill, self.options.guidance if alpha is None else alpha)
+      # The per-row prefix sums travel with the prompts: sharded over the data axes.
       batch = parallel.global_batch_from_local(
-          {"ids": local["input_ids"], "mask": local["attention_mask"]}, self.mesh)
+          {"ids": local["input_ids"], "mask": local["attention_mask"], **host}, self.mesh)
       out = beam_search.search(self.config, self.search_config, self.params, batch["ids"],
                                batch["mask"], self.trie, self.quote_counts,
-                               prefix_len=prefix_len)
+                               prefix_len=prefix_len, guide=make_guide(batch))
       tokens, scores, lengths = (_to_host(x) for x in out)
       for b, i in enumerate(indices):
         if i >= 0:
@@ -188,11 +278,12 @@ class Generator:
       predict = [_drop_suffix(p, after_closing_quote(g)) for p, g in zip(predict, gen)]
     return predict, [float(s) if n > 0 else None for s, n in zip(scores, lengths)]
 
-  def generate_rows(self, rows: Sequence[dict], source: str = "rows") -> list[dict]:
+  def generate_rows(self, rows: Sequence[dict], source: str = "rows",
+                    guidance: RowGuidance | None = None) -> list[dict]:
     """The rows with `predict` and `predict_scores` added (input order)."""
     ids = self.prompt_ids(rows, source)
     out = []
-    for row, prompt, res in zip(rows, ids, self.generate_ids(ids)):
+    for row, prompt, res in zip(rows, ids, self.generate_ids(ids, guidance=guidance)):
       predict, scores = self.decode(prompt, *res)
       out.append({**row, "predict": predict, "predict_scores": scores})
     return out
@@ -206,6 +297,71 @@ class Generator:
       predict.append(p)
       scores.append(s)
     return predict, scores
+
+
+@dataclasses.dataclass(frozen=True)
+class RowGuidance:
+  """Per-row inputs of catalog-aware decoding, aligned with the rows generated for."""
+  excluded: list[list[int]] | None = None  # item ids each row leaves out of its trie
+  probs: np.ndarray | None = None  # [rows, num_items] assistant probabilities
+
+
+def _check_catalog_options(o: GenerateOptions) -> None:
+  if o.exclude_history not in EXCLUDE_MODES:
+    raise UserError(f"exclude_history={o.exclude_history!r}: choose from {EXCLUDE_MODES}")
+  if o.assistant not in ASSISTANTS:
+    raise UserError(f"assistant={o.assistant!r}: choose from {ASSISTANTS}")
+  if not 0.0 <= o.guidance <= 1.0:
+    raise UserError(f"guidance={o.guidance}: alpha must be in [0, 1] (1 = the LLM alone)")
+  if not o.assistant_temperature > 0:
+    raise UserError(f"assistant_temperature={o.assistant_temperature}: must be positive")
+  if o.catalog_aware and not o.constrained:
+    raise UserError("renormalize, exclude_history and assistant act on the catalog trie: "
+                    "they need constrained decoding (--constrained)")
+
+
+def history_exclusions(rows: Sequence[dict], mode: str, data_dir: str | None,
+                       source: str) -> list[list[int]] | None:
+  """Per row, the item ids its user already interacted with (None for mode 'none').
+
+  shown: the row's `history_item_ids`; all_past: those and every history item and target of the
+  user's prepared examples (train, valid, test splits) whose target time is before the row's.
+  """
+  if mode == "none":
+    return None
+  for i, row in enumerate(rows):
+    need = ("history_item_ids",) + (("user_id", "target_timestamp") if mode == "all_past" else ())
+    missing = [k for k in need if k not in row]
+    if missing:
+      raise UserError(f"{source}: row {i}: exclude_history={mode} needs {missing} (prepared "
+                      "rows have them)")
+  shown = [[int(x) for x in row["history_item_ids"]] for row in rows]
+  if mode == "shown":
+    return shown
+  if data_dir is None:
+    raise UserError("exclude_history=all_past needs the prepared data directory (--items)")
+  return [sorted(set(s) | set(p)) for s, p in zip(shown, _past_items(rows, data_dir))]
+
+
+def _past_items(rows: Sequence[dict], data_dir: str) -> list[list[int]]:
+  """Per row: items of the user's prepared examples with an earlier target time."""
+  import bisect
+
+  from bigrec_jax.data import prepared
+
+  by_user: dict[str, list[tuple[int, list[int]]]] = {}
+  for split in ("train", "valid", "test"):
+    for r in prepared.read_rows(os.path.join(data_dir, f"{split}.json")):
+      by_user.setdefault(str(r["user_id"]), []).append(
+          (int(r["target_timestamp"]), list(r["history_item_ids"]) + [int(r["target_item_id"])]))
+  for seq in by_user.values():
+    seq.sort(key=lambda e: e[0])
+  out = []
+  for row in rows:
+    seq = by_user.get(str(row["user_id"]), [])
+    earlier = bisect.bisect_left([t for t, _ in seq], int(row["target_timestamp"]))
+    out.append(sorted({i for _, items in seq[:earlier] for i in items}))
+  return out
 
 
 def after_closing_quote(text: str) -> str:
@@ -301,6 +457,11 @@ def load_merged_model(model_path: str | None = None, adapter: str | None = None,
   return model
 
 
+def _items_dir(items: str) -> str:
+  """The prepared-data directory of --items (the directory, or the one holding items.tsv)."""
+  return os.path.dirname(os.path.abspath(items)) if os.path.isfile(items) else items
+
+
 def read_titles(items: str) -> list[str]:
   """Catalog titles from items.tsv (a prepared-data directory or the file itself)."""
   from bigrec_jax.data import prepared
@@ -330,10 +491,20 @@ def run(input_path: str, output_path: str, options: GenerateOptions, **kw) -> di
 def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
               model_path: str | None = None, adapter: str | None = None, items: str | None = None,
               dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1),
-              matmul_dtype: str = "", tokenizer: str | None = None) -> list[dict[str, Any]]:
-  """`run` for several (input, output) files with one model load, merge and trie build."""
+              matmul_dtype: str = "", tokenizer: str | None = None,
+              assistant_scores: Sequence[str] | None = None,
+              alpha_grid: Sequence[float] = (),
+              alpha_metric: Callable[[list[dict]], float] | None = None) -> list[dict[str, Any]]:
+  """`run` for several (input, output) files with one model load, merge and trie build.
+
+  assistant_scores: per job, the .npy of a CF assistant's scores for that file's rows.
+  alpha_grid (with an assistant): the first job's rows are generated with every alpha of the
+  grid and the one `alpha_metric(rows with predict)` rates highest (ties: the larger alpha,
+  nearer the LLM alone) is used for every job; the summaries say which.
+  """
   import time
 
+  _check_catalog_options(options)
   inputs = []
   for input_path, _ in jobs:  # every file's input errors before the model loads
     rows = read_input_rows(input_path)
@@ -345,25 +516,61 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
   if options.constrained and not items:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
   titles = read_titles(items) if items else None
+  data_dir = _items_dir(items) if items else None
+  cf_scores: list[np.ndarray | None] = [None] * len(jobs)
+  if options.assistant not in ("none", "mostpop"):
+    from bigrec_jax.evaluate.inputs import read_score_matrix
+
+    if not assistant_scores or len(assistant_scores) != len(jobs):
+      raise UserError(f"--assistant={options.assistant} needs --assistant_scores: one score "
+                      "matrix per input file (baselines/<model>/scores_<split>.npy)")
+    cf_scores = [read_score_matrix(path, len(rows), len(titles), input_path)
+                 for path, rows, (input_path, _) in zip(assistant_scores, inputs, jobs)]
+  if alpha_grid and (options.assistant == "none" or alpha_metric is None):
+    raise ValueError("alpha_grid needs an assistant and alpha_metric")
   mesh = parallel.make_mesh(mesh_shape)
   model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype,
                             tokenizer=tokenizer)
   generator = Generator(model, options, titles=titles, mesh=mesh)
   catalog = None if titles is None else set(titles)
   summaries = []
-  for (input_path, output_path), rows in zip(jobs, inputs):
+  alpha, grid_metrics = options.guidance, {}
+  for job, ((input_path, output_path), rows) in enumerate(zip(jobs, inputs)):
     ids = generator.prompt_ids(rows, input_path)
+    guidance = generator.row_guidance(rows, input_path, data_dir=data_dir,
+                                      assistant_scores=cf_scores[job])
+
+    def generate(a):
+      results = generator.generate_ids(ids, guidance=guidance, alpha=a)
+      out = []
+      for row, prompt, res in zip(rows, ids, results):
+        predict, scores = generator.decode(prompt, *res)
+        out.append({**row, "predict": predict, "predict_scores": scores})
+      return out
+
     started = time.time()
-    results = generator.generate_ids(ids)
+    if job == 0 and alpha_grid:
+      by_alpha = {}
+      for a in alpha_grid:
+        by_alpha[a] = generate(a)
+        grid_metrics[a] = float(alpha_metric(by_alpha[a]))
+        log.info("alpha %g: %s %.4f", a, input_path, grid_metrics[a])
+      alpha = max(alpha_grid, key=lambda a: (grid_metrics[a], a))
+      out = by_alpha[alpha]
+    else:
+      out = generate(alpha)
     seconds = time.time() - started
-    out = []
-    for row, prompt, res in zip(rows, ids, results):
-      predict, scores = generator.decode(prompt, *res)
-      out.append({**row, "predict": predict, "predict_scores": scores})
     if parallel.is_main_process():
       files.write_json(output_path, out)
     summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
                "compiled_programs": beam_search.TRACE_COUNTS["search"]}
+    if options.catalog_aware:
+      summary["decoding"] = {"renormalize": options.renormalize,
+                             "exclude_history": options.exclude_history,
+                             "assistant": options.assistant, "guidance": alpha,
+                             "assistant_temperature": options.assistant_temperature}
+      if grid_metrics:
+        summary["decoding"]["alpha_grid"] = {f"{a:g}": m for a, m in grid_metrics.items()}
     if catalog is not None:
       summary["best_is_catalog_title"] = sum(
           prompts_lib.single_title(r["predict"][0]) in catalog for r in out) / len(out)

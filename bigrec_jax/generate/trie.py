@@ -87,10 +87,10 @@ def build_tables(sequences: Sequence[Sequence[int]], vocab_size: int,
   return TrieTables(sparse_tokens, sparse_children, dense_row, dense_children)
 
 
-def to_device(tables: TrieTables, sharding=None) -> TrieTables:
-  """The tables as jax arrays (replicated over a mesh when a sharding is given)."""
+def to_device(tables, sharding=None):
+  """TrieTables (or NodeRanges) as jax arrays (replicated over a mesh when a sharding is given)."""
   put = (lambda a: jax.device_put(np.asarray(a), sharding)) if sharding is not None else jnp.asarray
-  return TrieTables(*(put(a) for a in tables))
+  return type(tables)(*(put(a) for a in tables))
 
 
 def allowed_mask(tables: TrieTables, states: Array, vocab_size: int) -> Array:
