@@ -42,6 +42,12 @@ def _flag(flag: Any) -> str:
   return name if name.startswith("-") else f"--{name}"
 
 
+def _no_tilde(flag: str, path: str) -> None:
+  if path.startswith("~"):
+    raise UserError(f"{flag}={path}: '~' is not expanded after '='; write {flag} {path} (a "
+                    "space, so the shell expands it) or spell out the home directory")
+
+
 def _first_existing(path: str) -> str:
   """The nearest ancestor of `path` (or `path` itself) that exists as something."""
   current = os.path.abspath(path)
@@ -73,6 +79,7 @@ def output_file(flag: Any, path: str | None, required: bool = True) -> str | Non
     if required:
       raise UserError(f"{name} is required")
     return path
+  _no_tilde(name, path)
   if os.path.isdir(path):
     raise UserError(f"{name}={path}: is a directory; give a file name (e.g. {os.path.join(path, 'out.json')})")
   if os.path.lexists(path) and not os.path.isfile(path):
@@ -90,6 +97,7 @@ def output_dir(flag: Any, path: str | None, required: bool = True) -> str | None
     if required:
       raise UserError(f"{name} is required")
     return path
+  _no_tilde(name, path)
   if os.path.lexists(path) and not os.path.isdir(path):
     raise UserError(f"{name}={path}: exists and is not a directory")
   if os.path.isdir(path):
@@ -106,6 +114,7 @@ def input_file(flag: Any, path: str | None, what: str = "", required: bool = Tru
     if required:
       raise UserError(f"{name} is required")
     return path
+  _no_tilde(name, path)
   if os.path.isdir(path):
     raise UserError(f"{name}={path}: is a directory, expected {what or 'a file'}")
   if not os.path.isfile(path):
@@ -120,6 +129,7 @@ def input_dir(flag: Any, path: str | None, what: str = "", required: bool = True
     if required:
       raise UserError(f"{name} is required")
     return path
+  _no_tilde(name, path)
   if not os.path.exists(path):
     raise UserError(f"{name}={path}: no such directory")
   if not os.path.isdir(path):
@@ -374,9 +384,28 @@ def define_multihost_flags() -> Callable[[], None]:
   def initialize() -> None:
     from bigrec_jax import parallel
 
+    check_multihost(coordinator.value, count.value, index.value)
+
     parallel.maybe_initialize_distributed(coordinator.value, count.value, index.value)
 
   return initialize
+
+
+def check_multihost(coordinator: str, count: int, index: int) -> None:
+  """--coordinator_address/--num_processes/--process_id that cannot start a multi-host run."""
+  if count < 1:
+    raise UserError(f"--num_processes={count}: must be >= 1")
+  if not 0 <= index < count:
+    raise UserError(f"--process_id={index}: must be in 0..{count - 1} (--num_processes={count})")
+  if coordinator:
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise UserError(f"--coordinator_address={coordinator}: expected host:port, e.g. "
+                      "10.0.0.1:1234")
+  elif count > 1 and not any(os.environ.get(v) for v in (
+      "TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "MEGASCALE_COORDINATOR_ADDRESS")):
+    raise UserError(f"--num_processes={count} needs --coordinator_address=host:port (process "
+                    "0's address); without it each process would run alone")
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -133,6 +133,30 @@ def test_ablate_out_would_overwrite_itself(tmp_path):
   _refused(r, "--out=", "give a .md name")
 
 
+def test_tilde_after_equals_is_not_a_directory_named_tilde(tmp_path):
+  r = _run(os.path.join(ROOT, "launch/prepare_data.py"), "--out_dir=~/bigrec_data",
+           cwd=str(tmp_path))
+  _refused(r, "--out_dir=~/bigrec_data: '~' is not expanded")
+  assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--num_processes=2"], "--num_processes=2 needs --coordinator_address"),
+    (["--coordinator_address=10.0.0.1", "--num_processes=2"], "expected host:port"),
+    (["--coordinator_address=h:1", "--num_processes=2", "--process_id=2"],
+     "--process_id=2: must be in 0..1"),
+])
+def test_multihost_flags_that_cannot_start(ml100k, tmp_path, flags, needle):
+  env_free = {k: v for k, v in os.environ.items()
+              if k not in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")}
+  r = subprocess.run([sys.executable, "launch/train.py", "--config=configs/tiny.py",
+                      f"--config.data.dir={ml100k}", f"--workdir={tmp_path}/w", *flags],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120,
+                     env=dict(env_free, JAX_PLATFORMS="cpu"))
+  _refused(r, needle)
+  assert not os.path.exists(tmp_path / "w")
+
+
 # ----------------------------------------------------------------------------- config files
 
 
