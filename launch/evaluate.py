@@ -77,6 +77,9 @@ def _check_flags() -> None:
   for flag in (_EMBED_BATCH, _QUERY_BATCH, _GAMMA_BATCH):
     if flag.value is not None and flag.value < 1:
       raise UserError(f"--{flag.name}={flag.value}: must be >= 1")
+  if len(_MESH.value) != 3:
+    raise UserError(f"--mesh_shape={','.join(_MESH.value)}: needs 3 sizes (data, fsdp, tensor), "
+                    "e.g. -1,1,1")
 
 
 def main(argv: list[str]) -> None:

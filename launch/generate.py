@@ -77,6 +77,9 @@ def _check_flags() -> None:
   if (_NUM_RETURN.value or 0) > _NUM_BEAMS.value:
     raise UserError(f"--num_return_sequences={_NUM_RETURN.value} cannot exceed "
                     f"--num_beams={_NUM_BEAMS.value}")
+  if len(_MESH.value) != 3:
+    raise UserError(f"--mesh_shape={','.join(_MESH.value)}: needs 3 sizes (data, fsdp, tensor), "
+                    "e.g. -1,1,1")
 
 
 def main(argv: list[str]) -> None:
