@@ -59,7 +59,9 @@ def _read_amazon(reviews, meta, options):
 def _both_given(name, interactions, items):
   if not interactions or not items:
     raise UserError(f"dataset {name} needs both an interactions file and an items file "
-                    f"(got interactions={interactions!r}, items={items!r})")
+                    f"(--interactions and --items; pipeline: --config.data.interactions_file and "
+                    f"--config.data.items_file), got interactions={interactions!r}, "
+                    f"items={items!r}")
 
 
 # The reference's rules as its notebooks have them today (bigrec_jax/REFERENCE.md, "Data").
