@@ -70,6 +70,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1)):
     if field in config.data and config.data[field] < low:
       raise UserError(f"--config.data.{field}={config.data[field]}: must be >= {low}")
+  if config.data.get("valid_size", 0) < 0:
+    raise UserError(f"--config.data.valid_size={config.data.valid_size}: must be >= 0 (0: "
+                    "valid_test_size)")
+  if len(set(config.seeds)) != len(config.seeds):
+    raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: a seed is repeated (each "
+                    "seed is one run under workdir/seed_<s>)")
   from bigrec_jax.data.prepare import DATASETS
 
   if config.data.dataset not in DATASETS:
