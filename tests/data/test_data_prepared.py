@@ -81,8 +81,8 @@ def test_ml100k_popularity_is_training_only(ml100k):
 def test_launcher_bad_flags_exit_2_without_traceback(tmp_path):
   cases = [(["--dataset=ml-5m", f"--out_dir={tmp_path}/a"], "--dataset=ml-5m"),
            (["--dataset=ml-1m", f"--out_dir={tmp_path}/b", f"--interactions={tmp_path}/nope.dat",
-             f"--items={tmp_path}/nope2.dat"], "nope2.dat: movies.dat file not found"),
-           (["--history_len=0", f"--out_dir={tmp_path}/c"], "history_len must be >= 1")]
+             f"--items={tmp_path}/nope2.dat"], "nope.dat: no such file"),
+           (["--history_len=0", f"--out_dir={tmp_path}/c"], "--history_len=0: must be >= 1")]
   for flags, message in cases:
     result = _launch(*flags)
     assert result.returncode == 2, (flags, result.stderr)
