@@ -217,11 +217,31 @@ def evaluate_stage(config, paths: Paths, log) -> dict:
   return {"methods": list(metrics["methods"])}
 
 
+# What a stage reads from earlier ones (a subset of its inputs, enough to refuse --stages that
+# would start work only to fail on a missing file).
+_NEEDS = {"train": ("prepare",), "generate": ("prepare", "train"), "baselines": ("prepare",),
+          "evaluate": ("prepare", "generate"), "report": ("evaluate",)}
+
+
+def _check_stage_inputs(config: ml_collections.ConfigDict, paths: Paths) -> None:
+  only = set(config.pipeline.stages) if config.pipeline.stages else set(STAGES)
+  for name in STAGES:
+    if name not in only:
+      continue
+    missing = [s for s in _NEEDS.get(name, ()) if s not in only
+               and not os.path.exists(paths.marker(s))]
+    if missing:
+      raise UserError(f"--stages={','.join(config.pipeline.stages)}: {name} reads the output of "
+                      f"{', '.join(missing)}, not run yet in {paths.workdir} (no "
+                      f"stages/{missing[0]}.json); add it to --stages")
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every stage; returns {stage: summary}."""
   check_config(config)
   paths = Paths(workdir)
+  _check_stage_inputs(config, paths)
   os.makedirs(workdir, exist_ok=True)
   force = set(config.pipeline.force_stages)
   if "all" in force:

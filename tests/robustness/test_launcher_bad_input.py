@@ -212,6 +212,14 @@ def test_pipeline_config_checked_before_training(tmp_path, override, needle):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_pipeline_stage_whose_inputs_never_ran(tmp_path):
+  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+           "--stages=evaluate")
+  _refused(r, "--stages=evaluate: evaluate reads the output of prepare, generate",
+           "add it to --stages")
+  assert not os.path.exists(tmp_path / "w")
+
+
 # ----------------------------------------------------------------------------- unknown names
 
 
