@@ -67,6 +67,12 @@ def _check_flags() -> None:
   cli.input_file(_INTERACTIONS, _INTERACTIONS.value, required=False)
   cli.input_file(_ITEMS, _ITEMS.value, required=False)
   cli.encoding(_ENCODING, _ENCODING.value)
+  if _TFDS.value:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+      raise UserError("--tfds needs the tensorflow_datasets package (pip install "
+                      "tensorflow-datasets array_record); without --tfds the JSON files suffice")
   if _DOMAIN.value is not None:
     from bigrec_jax.data import prompts
 
