@@ -1,6 +1,7 @@
-r"""BIGRec step 1: LoRA instruction tuning of the base model on a prepared-data directory.
+r"""BIGRec step 1: instruction tuning of the base model (LoRA, or every weight) on prepared data.
 
   python launch/train.py --workdir=/tmp/run/train --config.data.dir=/tmp/ml100k
+  python launch/train.py --workdir=... --config.train.mode=full   # full fine-tuning (FSDP)
   python launch/train.py --workdir=... --config=configs/movie_llama7b.py \
       --config.train.learning_rate=3e-4 --config.mesh.shape=1,-1,1
   # multi-host (Cloud TPU and SLURM are detected without these flags):
@@ -9,7 +10,8 @@ r"""BIGRec step 1: LoRA instruction tuning of the base model on a prepared-data 
 
 Rerunning the same command resumes from the newest good checkpoint in --workdir (after a crash,
 SIGKILL or SIGTERM/preemption, which checkpoints and exits with status 143). The best adapter
-ends up in WORKDIR/adapter (PEFT format), TensorBoard scalars in WORKDIR/tb.
+ends up in WORKDIR/adapter (PEFT format), or with train.mode=full the best weights in
+WORKDIR/model (an HF checkpoint); TensorBoard scalars in WORKDIR/tb.
 """
 from __future__ import annotations
 
