@@ -291,6 +291,19 @@ def check_list_fields(name: str, argv: list[str], default: str) -> None:
     kind = _element_kind(before)
     if kind is None:
       continue
+    if kind is str and len(after) == 1 and isinstance(after[0], str) and (
+        "," in after[0] or after[0].strip()[:1] in "(["):
+      # ml_collections keeps an unquoted list ('q_proj,v_proj' or '(q_proj,v_proj)') as ONE
+      # string; split it into the names the user meant.
+      inner = after[0].strip()
+      if inner[:1] in "([" and inner[-1:] in ")]":
+        inner = inner[1:-1]
+      names = tuple(p.strip().strip("'\"").strip() for p in inner.split(","))
+      parent = config
+      for part in field.split(".")[:-1]:
+        parent = parent[part]
+      parent[field.split(".")[-1]] = tuple(n for n in names if n)
+      continue
     ok = (all(isinstance(v, int) and not isinstance(v, bool) for v in after) if kind is int else
           all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in after)
           if kind is float else all(isinstance(v, str) for v in after))

@@ -103,6 +103,8 @@ class LoraConfig:
       raise ValueError(f"unknown LoRA target(s) {sorted(unknown)}; choose from {LORA_TARGETS}")
     if self.rank <= 0:
       raise ValueError(f"LoRA rank must be positive, got {self.rank}")
+    if not self.alpha > 0:  # alpha / rank scales the update: <= 0 trains nothing or its negative
+      raise ValueError(f"LoRA alpha must be positive, got {self.alpha}")
 
   @property
   def scale(self) -> float:

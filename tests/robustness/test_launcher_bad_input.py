@@ -220,6 +220,22 @@ def test_pipeline_stage_whose_inputs_never_ran(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_unquoted_name_list_is_split_into_names(tmp_path):
+  # ml_collections keeps `q_proj,vproj` as the one string 'q_proj,vproj'; cli.py splits it, so
+  # the message names the one misspelt module.
+  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+           "--config.lora.targets=q_proj,vproj")
+  flat = _refused(r, "--config.lora.targets: unknown module(s) ['vproj']")
+  assert "q_proj,vproj" not in flat
+
+
+def test_lora_alpha_must_be_positive(ml100k, tmp_path):
+  r = _run("launch/train.py", "--config=configs/tiny.py", f"--config.data.dir={ml100k}",
+           f"--workdir={tmp_path}/w", "--config.lora.alpha=-1")
+  _refused(r, "--config.lora", "alpha must be positive")
+  assert not os.path.exists(tmp_path / "w")
+
+
 # ----------------------------------------------------------------------------- unknown names
 
 
