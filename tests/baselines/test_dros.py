@@ -125,7 +125,8 @@ def test_alpha_zero_is_the_plain_backbone_bit_for_bit(rule_dir, tmp_path):
   zero = run.train_and_evaluate(config, model="dros", data_dir=rule_dir,
                                 workdir=str(tmp_path / "dros"))
   assert zero["methods"]["dros"] == plain["methods"]["gru4rec"]
-  jax.tree.map(np.testing.assert_array_equal, _checkpoint(str(tmp_path / "plain"), "gru4rec", config),
+  jax.tree.map(np.testing.assert_array_equal,
+               _checkpoint(str(tmp_path / "plain"), "gru4rec", config),
                _checkpoint(str(tmp_path / "dros"), "dros", config))
   curves = [json.loads((tmp_path / d / "run.json").read_text())["curve"] for d in ("plain", "dros")]
   assert [e["loss"] for e in curves[0]] == [e["loss"] for e in curves[1]]
