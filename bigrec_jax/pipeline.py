@@ -76,6 +76,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if len(set(config.seeds)) != len(config.seeds):
     raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: a seed is repeated (each "
                     "seed is one run under workdir/seed_<s>)")
+  if config.data.get("encoding"):
+    import codecs
+
+    try:
+      codecs.lookup(config.data.encoding)
+    except LookupError:
+      raise UserError(f"--config.data.encoding={config.data.encoding}: unknown text encoding "
+                      "(e.g. utf-8, ISO-8859-1, cp1252)") from None
   from bigrec_jax.data.prepare import DATASETS
 
   if config.data.dataset not in DATASETS:
@@ -146,7 +154,7 @@ def prepare_stage(config, paths: Paths) -> dict:
       history_len=d.history_len, target_rating_above=d.target_rating_above,
       drop_empty_history=d.drop_empty_history, eval_sample_size=d.valid_test_size,
       valid_sample_size=d.get("valid_size", 0) or None,
-      few_shot_sample=d.sample, few_shot_seed=config.seed)
+      few_shot_sample=d.sample, few_shot_seed=config.seed, encoding=d.get("encoding") or None)
   stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
                               options)
   return {"stats": stats}

@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.dataset = "ml-100k"  # ml-100k (embedded) | ml-1m | ml-10m | amazon
   c.data.interactions_file = ""  # raw interactions file ("" = the embedded ML-100K)
   c.data.items_file = ""  # raw item/metadata file
+  c.data.encoding = ""  # of ML-1M/10M .dat files ("" = ISO-8859-1, as the reference)
   c.data.history_len = 10
   # Departures from the reference's data rules (REFERENCE.md "Data"), off by default:
   # "default"/"none" keep every target; 3 keeps targets rated 4-5 (the reference's first commit).

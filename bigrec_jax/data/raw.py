@@ -113,7 +113,8 @@ def utf8_read_as_latin(path: str, encoding: str, texts: list[tuple[int, str]]) -
     return None
   lineno, text, fixed = hits[0]
   return (f"{path}: {len(hits)} line(s) look like UTF-8 read as {encoding} (line {lineno}: "
-          f"{text[:60]!r} would be {fixed[:60]!r}); if the file is UTF-8, pass --encoding=utf-8")
+          f"{text[:60]!r} would be {fixed[:60]!r}); if the file is UTF-8, pass --encoding=utf-8 "
+          "(pipeline: --config.data.encoding=utf-8)")
 
 
 def parse_int(path: str, lineno: int, field: str, text: str) -> int:
