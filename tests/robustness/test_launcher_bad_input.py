@@ -205,6 +205,8 @@ def test_list_config_field_with_wrong_elements(tmp_path):
     ("--config.ground.cf_sources=caser", "--config.ground.cf_sources: ['caser'] not in"),
     ("--config.data.dataset=ml100k", "--config.data.dataset='ml100k': choose one of ml-100k"),
     ("--config.data.valid_test_size=0", "--config.data.valid_test_size=0: must be >= 1"),
+    ("--config.data.encoding=utf-9", "--config.data.encoding=utf-9: unknown text encoding"),
+    ("--config.seeds=0,0", "--config.seeds=0,0: a seed is repeated"),
 ])
 def test_pipeline_config_checked_before_training(tmp_path, override, needle):
   r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w", override)
