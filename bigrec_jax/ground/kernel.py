@@ -345,6 +345,8 @@ def _run(q, e, pop, cf, targets, gammas, weights, *, cfg: _Config):
     out["ids"] = ids
   if "ranks" in out:
     out["ranks"] = out["ranks"][..., :cfg.rows]
+  if cfg.mesh is not None:  # small outputs, replicated: every process (multi-host) can read them
+    out = lax.with_sharding_constraint(out, NamedSharding(cfg.mesh, P()))
   return out
 
 
@@ -401,6 +403,11 @@ def _prepare_rows(items: ItemTable, queries, cf, targets, beam_weights, batch: i
     batch = auto_query_batch(q_rows, items.padded_items // items.num_shards, beams)
   batch = max(1, min(batch, q_rows))
   cf_pad = None
+  if isinstance(cf, jax.Array):  # already placed, item-sharded (catalog_shards.place_cf)
+    if cf.shape != (q_rows, items.padded_items):
+      raise ValueError(f"placed cf scores have shape {cf.shape}, expected "
+                       f"{(q_rows, items.padded_items)} (padded like the item table)")
+    cf_pad, cf = cf, None
   if cf is not None:
     cf = np.asarray(cf, dtype=np.float32)
     if cf.shape != (q_rows, items.num_items):
@@ -420,7 +427,7 @@ def _prepare_rows(items: ItemTable, queries, cf, targets, beam_weights, batch: i
       raise ValueError("target ids must be in [0, num_items) or -1 (padding)")
   mesh = items.mesh
   queries = _place(queries, mesh, P())
-  if cf_pad is not None:
+  if cf_pad is not None and not isinstance(cf_pad, jax.Array):
     cf_pad = _place(cf_pad, mesh, P(None, _spec(items.item_axes)))
   t = None if t is None else _place(t, mesh, P())
   w = None if w is None else _place(w, mesh, P())

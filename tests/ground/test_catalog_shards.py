@@ -1,0 +1,234 @@
+"""The sharded catalog: resumable shard embedding, placement from shards, 2-process grounding.
+
+The big test runs 2 processes x 4 fake CPU devices under jax.distributed on 127.0.0.1 over a
+2,097,152-item catalog (catalog_cases.py) in 8 memory-mapped shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bigrec_jax.files import UserError
+from bigrec_jax.ground import catalog_shards, embed, kernel
+
+import catalog_cases as cases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+WORKER = os.path.join(HERE, "catalog_worker.py")
+MiB = 1 << 20
+# Placement may hold, besides its share of the table and popularity, one device block (the
+# host copy being placed) and this much for the runtime's own allocations and one mapped chunk.
+PLACE_MARGIN = 48 * MiB
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=os.pathsep.join([HERE, ROOT]))
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def _workers(catalog, out, *extra, coordinator=True, kill=(None, None)):
+  port = None
+  if coordinator:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    args = [sys.executable, WORKER, str(catalog), str(out), f"--process_id={i}",
+            "--num_processes=2", *extra]
+    if port:
+      args.append(f"--coordinator_address=127.0.0.1:{port}")
+    if kill[i] is not None:
+      args.append(f"--kill_at_shard={kill[i]}")
+    procs.append(subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  results = []
+  for p in procs:
+    try:
+      o, e = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    results.append((p.returncode, o, e))
+  return results
+
+
+def _reference(table):
+  """Exact numpy ranking of the integer catalog: squared distances, ties by lower id."""
+  q, t = cases.queries().astype(np.int64), cases.targets()
+  ids = np.arange(len(table), dtype=np.int64)
+  top, ranks = [], []
+  e = table.astype(np.int64)
+  norms = np.einsum("nd,nd->n", e, e)
+  for i in range(len(q)):
+    d = norms - 2 * e @ q[i] + q[i] @ q[i]
+    key = d * len(table) + ids  # unique, same order as (distance, id)
+    part = np.argpartition(key, cases.K)[:cases.K]
+    top.append(part[np.argsort(key[part])])
+    ranks.append(min(int((key < key[j]).sum()) for j in t[i] if j >= 0))
+  return np.asarray(top), np.asarray(ranks)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """A build killed midway in both processes, then the resumed 2-process run."""
+  tmp = tmp_path_factory.mktemp("catalog")
+  catalog, out = tmp / "catalog", tmp / "result"
+  # Process 0 owns shards 0-3 and dies starting shard 2; process 1 owns 4-7, dies at 5.
+  killed = _workers(catalog, out, "--build_only", coordinator=False, kill=(2, 5))
+  assert [rc for rc, _, _ in killed] == [-9, -9], [e[-2000:] for _, _, e in killed]
+  done = sorted(f for f in os.listdir(catalog) if f.startswith("shard-") and f.endswith(".json"))
+  assert done == ["shard-00000.json", "shard-00001.json", "shard-00004.json"]
+  mtimes = {f: os.stat(catalog / f).st_mtime_ns for f in os.listdir(catalog)}
+  results = _workers(catalog, out)
+  for rc, _, err in results:
+    assert rc == 0, err[-3000:]
+  stats = [json.loads((tmp / f"result.{i}.json").read_text()) for i in range(2)]
+  res = [dict(np.load(tmp / f"result.{i}.npz")) for i in range(2)]
+  return catalog, mtimes, stats, res
+
+
+def test_resume_builds_only_the_missing_shards(two_process_run):
+  catalog, mtimes, stats, _ = two_process_run
+  assert stats[0]["built"] == [2, 3] and stats[1]["built"] == [5, 6, 7]
+  for name in ("shard-00000.npy", "shard-00001.npy", "shard-00004.npy"):
+    assert os.stat(catalog / name).st_mtime_ns == mtimes[name]  # not rewritten
+  manifest = catalog_shards.read_manifest(str(catalog))
+  assert manifest["num_items"] == cases.NUM_ITEMS and manifest["dim"] == cases.DIM
+  assert [s["hi"] - s["lo"] for s in manifest["shards"]] == [cases.NUM_ITEMS // 8] * 8
+  # A third run in one process finds everything done and embeds nothing.
+  built = catalog_shards.build_shards(
+      str(catalog), cases.NUM_ITEMS, cases.DIM, lambda lo, hi: pytest.fail("re-embedded"),
+      source="synthetic:catalog_cases", config=catalog_shards.config_hash(case="catalog_cases", v=1),
+      process_index=0, process_count=1, log=lambda m: None)
+  assert built == []
+
+
+def test_each_process_reads_only_its_own_shards_within_its_memory_share(two_process_run):
+  _, _, stats, _ = two_process_run
+  for p, s in enumerate(stats):
+    assert s["files_read"] == [f"shard-{i:05d}.npy" for i in range(4 * p, 4 * p + 4)]
+    assert s["rows_read"] == cases.NUM_ITEMS // 2
+    share = s["local_table_bytes"] + cases.NUM_ITEMS // 2 * 4  # table rows + popularity
+    block = s["local_table_bytes"] // s["local_devices"]
+    grown = s["peak_rss_place"] - s["rss_before_place"]
+    print(f"process {p}: placement peak RSS +{grown / MiB:.1f} MiB for a "
+          f"{share / MiB:.1f} MiB share; whole run peak {s['peak_rss_total'] / MiB:.0f} MiB")
+    assert grown <= share + block + PLACE_MARGIN, (grown, share, block)
+    # The whole table is 2 x the share; growing by less than that proves no full copy.
+    assert grown < 2 * s["local_table_bytes"]
+
+
+def test_two_processes_rank_exactly_like_the_numpy_reference(two_process_run):
+  catalog, _, _, res = two_process_run
+  table = catalog_shards.ShardedCatalog(str(catalog)).read_all()
+  np.testing.assert_array_equal(table[-5:], cases.embed_range(cases.NUM_ITEMS - 5, cases.NUM_ITEMS))
+  top, ranks = _reference(table)
+  for r in res:  # both processes hold the same replicated results
+    np.testing.assert_array_equal(r["plain_ids"], top)
+    np.testing.assert_array_equal(r["plain_ranks"], ranks)
+  np.testing.assert_array_equal(res[0]["inj_ids"], res[1]["inj_ids"])
+
+
+def test_two_processes_equal_the_single_process_kernel(two_process_run):
+  """Popularity and CF injection and the gamma grid: identical to one process, one device."""
+  catalog, _, _, res = two_process_run
+  cat = catalog_shards.ShardedCatalog(str(catalog))
+  full = cat.read_all()
+  items = kernel.place_items(full, cases.popularity(0, cases.NUM_ITEMS))
+  placed = catalog_shards.place_catalog(cat, None, popularity=cases.popularity)
+  np.testing.assert_array_equal(np.asarray(placed.scoring), np.asarray(items.scoring))
+  np.testing.assert_array_equal(np.asarray(placed.popularity), np.asarray(items.popularity))
+  del placed
+  q, t, cf = cases.queries(), cases.targets(), cases.cf(0, cases.NUM_ITEMS)
+  one = kernel.ground(q, items, k=cases.K, targets=t, cf=cf, gamma_pop=2.0, gamma_cf=0.5,
+                      query_batch=cases.Q)
+  np.testing.assert_array_equal(res[0]["inj_ids"], one.top_ids)
+  np.testing.assert_array_equal(res[0]["inj_ranks"], one.target_ranks)
+  np.testing.assert_allclose(res[0]["inj_scores"], one.top_scores, rtol=1e-6, atol=1e-7)
+  grid = kernel.target_ranks_grid(q, items, t, cases.GRID, cf=cf, query_batch=cases.Q)
+  np.testing.assert_array_equal(res[0]["grid"], grid)
+  assert (res[0]["inj_ids"] != res[0]["plain_ids"]).any()  # injection really reorders
+
+
+# ----------------------------------------------------------------------------- in-process
+
+def _build(directory, table, **kw):
+  return catalog_shards.build_shards(
+      str(directory), len(table), table.shape[1], lambda lo, hi: table[lo:hi], source="test",
+      config="c1", log=lambda m: None, **kw)
+
+
+def test_bfloat16_shards_rank_the_rounded_catalog_exactly(tmp_path):
+  import ml_dtypes
+
+  rng = np.random.default_rng(3)
+  table = rng.normal(size=(1000, 16)).astype(np.float32)
+  _build(tmp_path, table, num_shards=3, dtype="bfloat16", process_index=0, process_count=1)
+  cat = catalog_shards.ShardedCatalog(str(tmp_path))
+  assert np.load(tmp_path / "shard-00000.npy").dtype == np.uint16
+  rounded = table.astype(ml_dtypes.bfloat16).astype(np.float32)
+  np.testing.assert_array_equal(cat.read_all(), rounded)
+  assert (rounded != table).any()
+  q = rng.normal(size=(8, 16)).astype(np.float32)
+  got = kernel.ground(q, catalog_shards.place_catalog(cat), k=10, targets=np.arange(8))
+  want = kernel.ground(q, kernel.place_items(rounded, np.zeros(1000)), k=10, targets=np.arange(8))
+  np.testing.assert_array_equal(got.top_ids, want.top_ids)
+  np.testing.assert_array_equal(got.target_ranks, want.target_ranks)
+
+
+def test_a_directory_of_another_config_is_refused_and_missing_shards_are_named(tmp_path):
+  table = np.ones((10, 4), np.float32)
+  _build(tmp_path, table, num_shards=2, process_index=0, process_count=2)  # shard 0 only
+  with pytest.raises(UserError, match="shard-00001.*not built"):
+    catalog_shards.ShardedCatalog(str(tmp_path))
+  with pytest.raises(UserError, match="config_hash"):
+    catalog_shards.build_shards(str(tmp_path), 10, 4, lambda lo, hi: table[lo:hi], source="test",
+                                config="c2", process_index=1, process_count=2)
+  with pytest.raises(UserError, match="dtype"):
+    _build(tmp_path / "x", table, dtype="float16", process_index=0, process_count=1)
+  # A shard whose record was lost (killed between the .npy and the .json) is rebuilt.
+  assert _build(tmp_path, table, process_index=1, process_count=2) == [1]
+  os.remove(tmp_path / "shard-00001.json")
+  assert _build(tmp_path, table, process_index=0, process_count=1) == [1]
+
+
+def test_real_model_shards_equal_one_process_embedding(smollm2, tmp_path):
+  """SmolLM2 embeddings of 24 real ML-100K titles, built by 2 'processes' in turn and resumed."""
+  from bigrec_jax import assets
+  from bigrec_jax.data import movielens
+
+  d = assets.ml100k_dir()
+  titles = movielens.read_ml100k(os.path.join(d, "ml-100k.inter"),
+                                 os.path.join(d, "ml-100k.item")).titles[:24]
+  logs = []
+  built = [catalog_shards.embed_catalog_shards(smollm2, titles, str(tmp_path), num_shards=4,
+                                               process_index=p, process_count=2, batch_size=4,
+                                               log=logs.append, progress=False)
+           for p in range(2)]
+  assert built == [[0, 1], [2, 3]]
+  again = catalog_shards.embed_catalog_shards(smollm2, titles, str(tmp_path), num_shards=4,
+                                              process_index=0, process_count=1, batch_size=4,
+                                              progress=False)
+  assert again == []
+  manifest = catalog_shards.read_manifest(str(tmp_path))
+  assert manifest["source"] == os.path.abspath(smollm2.source)
+  assert manifest["dim"] == smollm2.config.hidden_size
+  got = catalog_shards.ShardedCatalog(str(tmp_path)).read_all()
+  want = embed.embed_texts(smollm2, titles, batch_size=4, progress=False)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # Other titles for shard 3 (same model and options): only that shard is embedded again.
+  changed = titles[:-1] + ["Heat"]
+  assert catalog_shards.embed_catalog_shards(smollm2, changed, str(tmp_path), num_shards=4,
+                                             process_index=0, process_count=1, batch_size=4,
+                                             progress=False) == [3]
