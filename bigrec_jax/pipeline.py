@@ -127,6 +127,37 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop", "dros"}
   if unknown_models:
     raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
+  _check_decoding(config)
+
+
+def _check_decoding(config) -> None:
+  from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES
+
+  g = config.generate
+  if g.get("exclude_history", "none") not in EXCLUDE_MODES:
+    raise UserError(f"--config.generate.exclude_history={g.exclude_history!r}: choose from "
+                    f"{EXCLUDE_MODES}")
+  assistant = g.get("assistant", "none")
+  if assistant not in ASSISTANTS:
+    raise UserError(f"--config.generate.assistant={assistant!r}: choose from {ASSISTANTS}")
+  if assistant not in ("none", "mostpop") and assistant not in config.baselines.models:
+    raise UserError(f"--config.generate.assistant={assistant} is not trained: add it to "
+                    "--config.baselines.models")
+  catalog_aware = (g.get("renormalize", False) or assistant != "none"
+                   or g.get("exclude_history", "none") != "none")
+  if catalog_aware and not g.constrained:
+    raise UserError("--config.generate.renormalize / exclude_history / assistant act on the "
+                    "catalog trie: they need --config.generate.constrained=true")
+  for a in tuple(g.get("guidance_grid", ())) + (g.get("guidance", 1.0),):
+    if not 0 <= a <= 1:
+      raise UserError(f"--config.generate.guidance(_grid): alpha {a} is not in [0, 1]")
+
+
+def stage_order(config) -> tuple[str, ...]:
+  """STAGES, with baselines before generate when the search is guided by one of them."""
+  if config.generate.get("assistant", "none") in ("none", "mostpop"):
+    return STAGES
+  return ("prepare", "train", "baselines", "generate", "evaluate", "report")
 
 
 def run_stage(paths: Paths, name: str, fn: Callable[[], dict], force: bool,
@@ -176,15 +207,25 @@ def generate_stage(config, paths: Paths) -> dict:
       num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
       max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
       constrained=g.constrained, stop_at_closing_quote=g.stop_at_closing_quote,
-      share_prompt_prefix=g.share_prompt_prefix)
+      share_prompt_prefix=g.share_prompt_prefix, renormalize=g.get("renormalize", False),
+      exclude_history=g.get("exclude_history", "none"), assistant=g.get("assistant", "none"),
+      guidance=g.get("guidance", 1.0),
+      assistant_temperature=g.get("assistant_temperature", 1.0))
   splits = ("valid", "test")
+  guided = dict(assistant_scores=None, alpha_grid=(), alpha_metric=None)
+  if options.assistant not in ("none", "mostpop"):
+    guided["assistant_scores"] = [
+        os.path.join(paths.baseline_dir(options.assistant), f"scores_{split}_5000.npy")
+        for split in splits]
+  if options.assistant != "none" and g.get("guidance_grid", ()):
+    guided.update(alpha_grid=tuple(g.guidance_grid), alpha_metric=compare.beam_title_ndcg)
   summaries = runner.run_files(
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
        for split in splits], options, model_path=config.model.path or None,
       adapter=paths.train, items=os.path.join(paths.data, "items.tsv"),  # adapter/ or model/
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
       matmul_dtype=config.model.get("matmul_dtype", ""),
-      tokenizer=config.model.get("tokenizer") or None)
+      tokenizer=config.model.get("tokenizer") or None, **guided)
   return dict(zip(splits, summaries))
 
 
@@ -264,7 +305,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
   }
   only = set(config.pipeline.stages) if config.pipeline.stages else set(STAGES)
   summaries = {}
-  for name in STAGES:
+  for name in stage_order(config):
     if name in only:
       summaries[name] = run_stage(paths, name, stages[name], name in force, log)
   if "report" in summaries:
@@ -329,7 +370,17 @@ def write_report(config, paths: Paths) -> str:
                      f"one quoted title for {100 * st['single_title']:.1f}% and a catalog "
                      f"title for {100 * st['catalog_title']:.1f}%; {st['distinct_titles']} "
                      f"distinct, the most frequent ({st['top_title']}) is "
-                     f"{100 * st['top_share']:.1f}% of rows")
+                     f"{100 * st['top_share']:.1f}% of rows; "
+                     f"{100 * st['history_repeat']:.1f}% repeat a title of the row's history")
+    decoding = gen.get("valid", {}).get("decoding")
+    if decoding:
+      grid = decoding.get("alpha_grid")
+      chosen = ("; alpha chosen on the valid rows' beam-title NDCG among "
+                + ", ".join(f"{a}: {m:.4f}" for a, m in grid.items())) if grid else ""
+      lines.append(f"- decoding: renormalize={decoding['renormalize']}, exclude_history="
+                   f"{decoding['exclude_history']}, assistant={decoding['assistant']} "
+                   f"(alpha {decoding['guidance']:g}, temperature "
+                   f"{decoding['assistant_temperature']:g}){chosen}")
   train = _maybe_json(os.path.join(paths.train, "train_summary.json")) or _maybe_json(
       paths.marker("train"))
   if train:

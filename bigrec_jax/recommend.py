@@ -29,7 +29,12 @@ class Recommendation:
 def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
               model_path: str | None = None, k: int = 10, gamma_pop: float = 0.0,
               num_beams: int = 4, max_new_tokens: int = 32, constrained: bool = False,
-              exclude_history: bool = True, tokenizer: str | None = None) -> Recommendation:
+              exclude_history: bool = True, tokenizer: str | None = None,
+              renormalize: bool = False, search_exclusion: str = "none",
+              assistant: str = "none", guidance: float = 1.0) -> Recommendation:
+  """search_exclusion (none | shown | all_past: both mean the liked titles here) removes the
+  liked items from the constrained search's trie; assistant: none | mostpop (a CF assistant
+  needs a score row the baselines export for prepared rows only)."""
   liked = [prompts.unquote(t) for t in liked if prompts.unquote(t)]
   if not liked:
     raise UserError("--liked: give at least one item title")
@@ -43,13 +48,22 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
     raise UserError(f"--k={k}: must be between 1 and the catalog size {len(titles)}")
   history_ids, unknown = liked_item_ids(liked, titles)
   row = prompts.make_fields(data.domain, liked[-10:], "")
+  if assistant not in ("none", "mostpop"):
+    raise UserError(f"--assistant={assistant}: recommending for typed-in titles can be guided by "
+                    "mostpop only (a CF model's scores exist for prepared rows: use "
+                    "launch/generate.py --assistant_scores)")
+  row["history_item_ids"] = history_ids  # every id of a liked title, for the search's exclusion
 
   model = runner.load_merged_model(model_path, adapter, tokenizer=tokenizer)
   options = runner.GenerateOptions(num_beams=num_beams, num_return_sequences=num_beams,
                                    max_new_tokens=max_new_tokens, batch_size=1,
-                                   constrained=constrained, progress=False)
+                                   constrained=constrained, progress=False,
+                                   renormalize=renormalize,
+                                   exclude_history="shown" if search_exclusion != "none" else "none",
+                                   assistant=assistant, guidance=guidance)
   generator = runner.Generator(model, options, titles=titles if constrained else None)
-  generated = generator.generate_rows([row], "liked titles")[0]["predict"]
+  guide = generator.row_guidance([row], "liked titles", data_dir=data_dir)
+  generated = generator.generate_rows([row], "liked titles", guide)[0]["predict"]
   if adapter:  # back to the base model for embeddings (BIGRec grounds with the base model)
     kind, trained = runner.resolve_trained(adapter)
     if kind == "lora":

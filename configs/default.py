@@ -90,6 +90,16 @@ def get_config() -> ml_collections.ConfigDict:
   # End a hypothesis at the closing `"` of its title as if EOS followed (beyond the paper).
   c.generate.stop_at_closing_quote = False
   c.generate.share_prompt_prefix = True  # the shared instruction once per batch (exact)
+  # Catalog-aware decoding (generate/guide.py; "Decoding Matters" levers; constrained only).
+  # Off by default: the reference search.
+  c.generate.renormalize = False  # log-probs renormalised over the allowed trie children
+  c.generate.exclude_history = "none"  # none | shown | all_past: the user's own items leave the trie
+  c.generate.assistant = "none"  # none | mostpop | sasrec | gru4rec | caser (runs baselines first)
+  c.generate.guidance = 1.0  # alpha: alpha * log p_LLM + (1 - alpha) * log q (1 = LLM alone)
+  c.generate.assistant_temperature = 1.0  # CF assistants: softmax(scores / temperature)
+  # With an assistant: alphas tried on the valid rows (best valid beam-title NDCG is used for
+  # both splits); () = just `guidance`. E.g. (0.0, 0.25, 0.5, 0.75, 1.0).
+  c.generate.guidance_grid = ()
 
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16

@@ -3,7 +3,9 @@ r"""BIGRec generation: beam search over prompts built from rows (reference infer
   python launch/generate.py --input=/tmp/ml100k/test_5000.json \
       --output=/tmp/run/test_5000.predict.json --adapter=/tmp/run/train \
       [--model=path/to/model.gguf|hf_dir] [--num_beams=4] [--max_new_tokens=128] \
-      [--constrained --items=/tmp/ml100k/items.tsv] [--stop_at_closing_quote]
+      [--constrained --items=/tmp/ml100k/items.tsv] [--stop_at_closing_quote] \
+      [--renormalize] [--exclude_history=shown|all_past] \
+      [--assistant=mostpop|sasrec|gru4rec|caser --guidance=0.5 --assistant_scores=scores.npy]
 
 Writes the input rows with `predict` (num_return_sequences texts after `Response:\n`, best
 first) and `predict_scores` to --output, atomically.
@@ -16,7 +18,7 @@ from absl import flags, logging
 
 from bigrec_jax import cli, parallel
 from bigrec_jax.files import UserError
-from bigrec_jax.generate.runner import GenerateOptions, run
+from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES, GenerateOptions, run
 
 _INPUT = flags.DEFINE_string("input", None, "JSON list of rows with `instruction` and `input`.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the rows with `predict` are written.")
@@ -55,6 +57,24 @@ _MATMUL_DTYPE = flags.DEFINE_enum("matmul_dtype", "", ["", "float32", "bfloat16"
                                   "bfloat16 runs them on AMX on recent Xeon CPUs.")
 _MESH = flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "Mesh (data, fsdp, tensor).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar over batches.")
+# Catalog-aware decoding (generate/guide.py; with --constrained; off by default = the reference).
+_RENORMALIZE = flags.DEFINE_boolean("renormalize", False, "Renormalise each constrained step's "
+                                    "log-probs over the allowed trie children (a forced token "
+                                    "costs 0).")
+_EXCLUDE = flags.DEFINE_enum("exclude_history", "none", list(EXCLUDE_MODES), "Leave items the "
+                             "row's user already had out of its trie: shown = history_item_ids, "
+                             "all_past = every item of the user's earlier examples in --items' "
+                             "prepared splits.")
+_ASSISTANT = flags.DEFINE_enum("assistant", "none", list(ASSISTANTS), "Guide the beams with an "
+                               "assistant's item probabilities (mostpop: popularity.json next to "
+                               "--items; CF models: --assistant_scores).")
+_ASSISTANT_SCORES = flags.DEFINE_string("assistant_scores", None, "A baseline's exported score "
+                                        "matrix for the --input rows (baselines/<model>/"
+                                        "scores_<split>.npy).")
+_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "alpha: step score alpha * log p_LLM + "
+                               "(1 - alpha) * log q_assistant (1 = LLM alone, 0 = assistant).")
+_TEMPERATURE = flags.DEFINE_float("assistant_temperature", 1.0, "CF assistants: softmax of "
+                                  "scores / this.")
 _INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
@@ -74,6 +94,8 @@ def _check_flags() -> None:
                     (_MAX_PROMPT, 0)):
     if flag.value is not None and flag.value < low:
       raise UserError(f"--{flag.name}={flag.value}: must be >= {low}")
+  if _ASSISTANT_SCORES.value:
+    cli.input_file(_ASSISTANT_SCORES, _ASSISTANT_SCORES.value, "a .npy score matrix")
   if (_NUM_RETURN.value or 0) > _NUM_BEAMS.value:
     raise UserError(f"--num_return_sequences={_NUM_RETURN.value} cannot exceed "
                     f"--num_beams={_NUM_BEAMS.value}")
@@ -99,11 +121,14 @@ def main(argv: list[str]) -> None:
       constrained=_CONSTRAINED.value, stop_at_closing_quote=_STOP_QUOTE.value,
       bucket_multiple=_BUCKET.value, share_prompt_prefix=_SHARE_PREFIX.value,
       max_prompt_len=_MAX_PROMPT.value, truncate_long_prompts=_TRUNCATE.value,
-      progress=_PROGRESS.value)
+      progress=_PROGRESS.value, renormalize=_RENORMALIZE.value,
+      exclude_history=_EXCLUDE.value, assistant=_ASSISTANT.value, guidance=_GUIDANCE.value,
+      assistant_temperature=_TEMPERATURE.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
                 adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
                 mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value,
-                tokenizer=_TOKENIZER.value)
+                tokenizer=_TOKENIZER.value,
+                assistant_scores=[_ASSISTANT_SCORES.value] if _ASSISTANT_SCORES.value else None)
   if parallel.is_main_process():
     logging.info("generation summary: %s", summary)
     print(f"wrote {summary['rows']} rows to {summary['output']} "

@@ -29,6 +29,14 @@ _BEAMS = flags.DEFINE_integer("num_beams", 4, "Beam width.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 32, "Generation budget in tokens.")
 _CONSTRAINED = flags.DEFINE_bool("constrained", False, "Only generate catalog titles.")
 _INTERACTIVE = flags.DEFINE_bool("interactive", False, "Read liked titles from stdin, one per line.")
+# Catalog-aware decoding (with --constrained; generate/guide.py), as launch/generate.py.
+_RENORMALIZE = flags.DEFINE_bool("renormalize", False, "Renormalise each constrained step over "
+                                 "the allowed trie children.")
+_EXCLUDE = flags.DEFINE_enum("exclude_history", "none", ["none", "shown", "all_past"], "Leave the "
+                             "liked titles out of the search's trie (shown = all_past here).")
+_ASSISTANT = flags.DEFINE_enum("assistant", "none", ["none", "mostpop"], "Guide the beams with "
+                               "popularity shares (popularity.json of --data_dir).")
+_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "alpha: 1 = the LLM alone, 0 = the assistant.")
 
 
 def main(argv):
@@ -52,7 +60,9 @@ def main(argv):
 
   rec = recommend(liked, _DATA.value, _ADAPTER.value, model_path=_MODEL.value, k=_K.value,
                   gamma_pop=_GAMMA.value, num_beams=_BEAMS.value, max_new_tokens=_NEW.value,
-                  constrained=_CONSTRAINED.value, tokenizer=_TOKENIZER.value)
+                  constrained=_CONSTRAINED.value, tokenizer=_TOKENIZER.value,
+                  renormalize=_RENORMALIZE.value, search_exclusion=_EXCLUDE.value,
+                  assistant=_ASSISTANT.value, guidance=_GUIDANCE.value)
   for t in rec.unknown_history:
     print(f"note: {t!r} is not a catalog title; it is used in the prompt as written")
   print(f"generated: {rec.generated[0]!r}")

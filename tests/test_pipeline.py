@@ -185,3 +185,39 @@ def test_multi_seed_report_gives_mean_and_spread(tiny_run, tmp_path):
   assert "seeds [0, 1]" in text and "| bigrec+pop |" in text and "± 0.0000" in text
   summary = json.load(open(tmp_path / "seeds_summary.json"))
   assert summary["sasrec"]["NDCG@10"]["std"] == 0.0
+
+
+def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
+  """assistant=sasrec: generate reads the baselines' scores, tries the alpha grid on the valid
+  rows, records the choice, excludes history titles, and the report says what it chose."""
+  import shutil
+
+  from bigrec_jax import pipeline
+  from configs import tiny
+
+  workdir, _ = tiny_run
+  guided = str(tmp_path / "guided")
+  shutil.copytree(workdir, guided)
+  args = ["--config.generate.assistant=sasrec", "--config.generate.renormalize=true",
+          "--config.generate.exclude_history=shown", "--config.generate.guidance_grid=(0.0,1.0)"]
+  config = tiny.get_config()
+  config.generate.assistant = "sasrec"
+  assert pipeline.stage_order(config).index("baselines") < pipeline.stage_order(config).index(
+      "generate")
+  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={guided}",
+           "--stages=generate,report", "--force_stage=generate", "--force_stage=report", *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  decoding = json.load(open(os.path.join(guided, "stages", "generate.json")))["valid"]["decoding"]
+  assert set(decoding["alpha_grid"]) == {"0", "1"} and decoding["guidance"] in (0.0, 1.0)
+  titles = [line.split("\t", 1)[1].rstrip("\n")
+            for line in open(os.path.join(guided, "data", "items.tsv"))]
+  for split in ("valid", "test"):
+    for row in json.load(open(os.path.join(guided, "predictions", f"{split}.json"))):
+      watched = {titles[i] for i in row["history_item_ids"]}
+      assert not any(p.strip('"') in watched for p in row["predict"]), row["predict"]
+  assert "- decoding: renormalize=True, exclude_history=shown, assistant=sasrec" in open(
+      os.path.join(guided, "report.md")).read()
+  bad = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'x'}",
+             "--config.generate.assistant=caser")
+  assert bad.returncode == 2 and "assistant=caser is not trained" in bad.stderr, bad.stderr[-2000:]
+  assert not os.path.exists(os.path.join(tmp_path, "x", "stages"))  # refused before any stage

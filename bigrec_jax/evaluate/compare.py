@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import os
 from typing import Mapping, Sequence
 
@@ -29,18 +30,38 @@ def parse_run(spec: str, source: str) -> tuple[str, str]:
 
 
 def prediction_stats(rows: Sequence[Mapping], titles: Sequence[str]) -> dict:
-  """Fractions over rows of predict[0]: one quoted title, a catalog title; top-title share."""
+  """Fractions over rows of predict[0]: one quoted title, a catalog title; top-title share;
+  history_repeat: the best beam is a title of the row's own history (`history_item_ids`), which
+  in MovieLens is never the next item."""
   catalog = set(titles)
   best = [r["predict"][0] if r.get("predict") else "" for r in rows]
   parsed = [prompts.single_title(text) for text in best]
   n = max(len(rows), 1)
   counts = collections.Counter(prompts.unquote(t) for t in best)
   top_title, top_count = counts.most_common(1)[0] if counts else ("", 0)
+  repeats = sum(p is not None and p in {titles[i] for i in r.get("history_item_ids", ())
+                                        if 0 <= i < len(titles)}
+                for p, r in zip(parsed, rows))
   return {"rows": len(rows),
           "single_title": sum(p is not None for p in parsed) / n,
           "catalog_title": sum(p is not None and p in catalog for p in parsed) / n,
           "distinct_titles": len(counts),
-          "top_title": top_title, "top_share": top_count / n}
+          "top_title": top_title, "top_share": top_count / n,
+          "history_repeat": repeats / n}
+
+
+def beam_title_ndcg(rows: Sequence[Mapping]) -> float:
+  """Mean over rows of 1 / log2(r + 2), r = the first returned beam spelling the row's target
+  title (`output`), 0 when none does: a grounding-free rating of a generation (the guidance
+  grid uses it on the valid rows)."""
+  total = 0.0
+  for r in rows:
+    target = prompts.unquote(r.get("output", ""))
+    for rank, text in enumerate(r.get("predict") or []):
+      if prompts.single_title(text) == target:
+        total += 1.0 / math.log2(rank + 2)
+        break
+  return total / max(len(rows), 1)
 
 
 def rows_fingerprint(rows: Sequence[Mapping]) -> str:
@@ -100,7 +121,8 @@ def ablation_table(runs: Sequence[tuple[str, str]],
       raise UserError(f"{workdir} ({name}): its test rows differ from {runs[0][1]}'s; an "
                       "ablation compares runs on the same rows")
   cols = [f"{m} NDCG@{metric_k} / HR@{metric_k}" for m in methods]
-  head = (["run"] + cols + ["single title", "catalog title", "top title (share)"]
+  head = (["run"] + cols + ["bigrec HR@1", "single title", "catalog title", "distinct titles",
+                            "top title (share)", "history repeats"]
           + [f"{s} s" for s in STAGES])
   lines = [f"Test rows: {summaries[0]['test_rows']} (the same rows in every run).", "",
            "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -111,8 +133,11 @@ def ablation_table(runs: Sequence[tuple[str, str]],
       cells.append("-" if v is None else
                    f"{v[f'NDCG@{metric_k}']:.4f} / {v[f'HR@{metric_k}']:.4f}")
     g = s["generation"]
-    cells += [f"{100 * g['single_title']:.1f}%", f"{100 * g['catalog_title']:.1f}%",
-              f"{g['top_title']} ({100 * g['top_share']:.0f}%)"]
+    hr1 = s["methods"].get("bigrec", {}).get("HR@1")
+    cells += ["-" if hr1 is None else f"{hr1:.4f}",
+              f"{100 * g['single_title']:.1f}%", f"{100 * g['catalog_title']:.1f}%",
+              str(g["distinct_titles"]), f"{g['top_title']} ({100 * g['top_share']:.1f}%)",
+              f"{100 * g['history_repeat']:.1f}%"]
     cells += ["-" if s["seconds"].get(st) is None else f"{s['seconds'][st]:.0f}"
               for st in STAGES]
     lines.append("| " + " | ".join(cells) + " |")

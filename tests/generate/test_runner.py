@@ -141,3 +141,24 @@ def test_launcher_help_and_bad_input_exit_cleanly(tmp_path):
                        env=env, cwd=ROOT, timeout=300)
   assert res.returncode == 2, res.stderr[-2000:]
   assert "row 1: missing 'input'" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--renormalize"], "need constrained decoding"),
+    (["--constrained", "--assistant=sasrec"], "needs --assistant_scores"),
+    (["--constrained", "--assistant=mostpop", "--guidance=2"], "alpha must be in"),
+])
+def test_launcher_catalog_aware_flags_are_checked_before_the_model_loads(tmp_path, flags,
+                                                                         message):
+  from bigrec_jax.data import prepare
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  items = tmp_path / "items.tsv"
+  items.write_text("0\tToy Story\n1\tHeat\n")
+  (tmp_path / "in.json").write_text(json.dumps([_row()]))
+  res = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "generate.py"),
+                        f"--input={tmp_path / 'in.json'}", f"--output={tmp_path / 'out.json'}",
+                        f"--items={items}", *flags], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=300)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert message in res.stderr and "Traceback" not in res.stderr
