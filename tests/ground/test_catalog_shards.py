@@ -232,3 +232,12 @@ def test_real_model_shards_equal_one_process_embedding(smollm2, tmp_path):
   assert catalog_shards.embed_catalog_shards(smollm2, changed, str(tmp_path), num_shards=4,
                                              process_index=0, process_count=1, batch_size=4,
                                              progress=False) == [3]
+
+
+def test_build_catalog_launcher_refuses_a_missing_titles_file(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "build_catalog.py"),
+                         f"--titles={tmp_path / 'none.txt'}", f"--out_dir={tmp_path / 'cat'}"],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "--titles" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "cat").exists()
