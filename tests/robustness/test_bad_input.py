@@ -91,12 +91,16 @@ def test_unknown_history_item_id(data):
           prepared.read_items(data))
 
 
-def test_empty_history(data):
+def test_empty_history_is_a_row_but_a_bad_history_id_is_not(data):
+  # The reference's Amazon rule makes empty-history examples (single-review users).
   path = os.path.join(data, "test_5000.json")
   rows = _rows(path)
   rows[0]["history_item_ids"] = []
   _write(path, rows)
-  _raises(r"test_5000\.json.*row 0.*empty history", prepared.read_rows, path,
+  assert prepared.read_rows(path, prepared.read_items(data))[0]["history_item_ids"] == []
+  rows[0]["history_item_ids"] = ["7"]
+  _write(path, rows)
+  _raises(r"test_5000\.json.*row 0.*history_item_ids must be integers", prepared.read_rows, path,
           prepared.read_items(data))
 
 
