@@ -42,3 +42,63 @@ def bigrec_prompts():
                ["Scream", "Liar Liar", "Air Force One", "Titanic", "Evita", "Jackie Brown"],
                ["Twelve Monkeys"]]
   return [prompts.prompt_for(prompts.make_fields("movie", h, "")) for h in histories]
+
+
+# ----------------------------------------------------------------------------- test tiers
+# Every test gets one tier marker from what it loads (`bash launch/test.sh -m unit` is the fast
+# tier; CI runs all three):
+# - e2e: the real SmolLM2 weights (our loader or transformers'), or a whole pipeline/launcher run
+#   that trains or generates;
+# - integration: another process (launchers, jax.distributed workers, the bench), torch, or the
+#   embedded data files;
+# - unit: everything else (in-memory, toy inputs, a tiny random model).
+_E2E_FIXTURES = {"smollm2", "hf_smollm2", "smollm2_tokenizer"}
+_E2E_WORDS = ("load_model(", "smollm2", "pipeline.run", "launch/pipeline.py", "launch/train.py",
+              "launch/generate.py", "loop.train(", "run_pipeline", "Generator(")
+# Module names that say what the whole file loads (real data, orbax, TFDS, other processes).
+_E2E_MODULES = ("smollm2", "ml100k", "finetuned", "hf_parity", "pipeline")
+_INTEGRATION_MODULES = ("tfds", "checkpoint", "fewshot", "export", "launcher", "multihost", "mesh",
+                        "resume", "bench", "configs", "bad_input", "cluster")
+_INTEGRATION_FIXTURES = {"ml100k_dir"}
+_INTEGRATION_WORDS = ("train_and_evaluate(", "pipeline", "subprocess", "import torch", "transformers", "peft", "jax.distributed",
+                      "assets.", "launch/", "multiprocessing", "bench")
+
+
+def _tier(item) -> str:
+  import inspect
+
+  fixtures = set(getattr(item, "fixturenames", ()))
+  try:
+    own = inspect.getsource(item.function)
+  except (OSError, TypeError, AttributeError):
+    own = ""
+  module = getattr(item.module, "__file__", "") or ""
+  try:
+    with open(module) as f:
+      module_text = f.read()
+  except OSError:
+    module_text = ""
+  name = os.path.basename(module)
+  if (fixtures & _E2E_FIXTURES or any(w in own for w in _E2E_WORDS)
+      or any(w in name for w in _E2E_MODULES)):
+    return "e2e"
+  if item.get_closest_marker("slow"):
+    return "e2e"
+  if any(w in name for w in _INTEGRATION_MODULES) or fixtures & _INTEGRATION_FIXTURES:
+    return "integration"
+  if any(w in own for w in _INTEGRATION_WORDS) or any(
+      w in module_text for w in ("import subprocess", "import torch", "jax.distributed")):
+    return "integration"
+  return "unit"
+
+
+def pytest_configure(config):
+  for name, what in (("unit", "fast in-memory tests (toy inputs, tiny random models)"),
+                     ("integration", "other processes, torch, the embedded data files"),
+                     ("e2e", "the real SmolLM2 or a whole pipeline/launcher run")):
+    config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    item.add_marker(getattr(pytest.mark, _tier(item)))
