@@ -3,6 +3,7 @@
   python launch/bench.py                       # full sizes, embedded SmolLM2, writes bench.json
   python launch/bench.py --quick               # tiny model and shapes (CI, < 2 minutes)
   python launch/bench.py --tasks=train,ground --flops --model=/path/to/llama-7b-hf
+  python launch/bench.py --multiprocess_ground --out=bench_mp.json   # 2 processes, 5000 x 10M
 Tasks: train (LoRA r=8 q/v AdamW step, tokens/s), beam (4 beams, 4 returned, batch 8 BIGRec
 prompts), embed (catalog titles/s), ground (queries/s, top-50 + target rank). bfloat16 on GPU.
 """
@@ -46,12 +47,34 @@ _RANDOM = flags.DEFINE_bool("random_weights", False, "Random weights with the ar
                             "--model=DIR (config.json + tokenizer files): same shapes, same work, "
                             "for machines that lack the checkpoint.")
 _PLATFORM = flags.DEFINE_string("platform", None, "Force a platform for both sides (cpu).")
+_MP = flags.DEFINE_bool("multiprocess_ground", False, "Run only the multi-process grounding "
+                        "case (bigrec_jax/ground/catalog_bench.py): --mp_processes processes "
+                        "under jax.distributed on this machine ground --mp_queries queries "
+                        "against a sharded --mp_items x --mp_dim catalog; writes --out.")
+_MP_ITEMS = flags.DEFINE_integer("mp_items", 10_000_000, "Multi-process case: catalog items.")
+_MP_DIM = flags.DEFINE_integer("mp_dim", 16, "Multi-process case: embedding dimension.")
+_MP_QUERIES = flags.DEFINE_integer("mp_queries", 5000, "Multi-process case: queries.")
+_MP_PROCESSES = flags.DEFINE_integer("mp_processes", 2, "Multi-process case: processes.")
+_MP_BATCH = flags.DEFINE_integer("mp_query_batch", 32, "Multi-process case: query rows per "
+                                 "batch (0: the kernel's memory budget).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   cli.output_file(_OUT, _OUT.value)  # before minutes of measuring
+  if _MP.value:
+    from bigrec_jax import files
+    from bigrec_jax.ground import catalog_bench
+
+    if min(_MP_ITEMS.value, _MP_DIM.value, _MP_QUERIES.value, _MP_PROCESSES.value) < 1:
+      raise UserError("--mp_items, --mp_dim, --mp_queries and --mp_processes must be >= 1")
+    result = catalog_bench.run_multiprocess_ground(
+        items=_MP_ITEMS.value, dim=_MP_DIM.value, queries=_MP_QUERIES.value,
+        processes=_MP_PROCESSES.value, query_batch=max(0, _MP_BATCH.value),
+        repeats=_REPEATS.value or 1)
+    files.write_json(_OUT.value, {"ground_multiprocess": result})
+    return
   for flag in (_BUDGET, _TIMEOUT):
     if flag.value is not None and not flag.value > 0:
       raise UserError(f"--{flag.name}={flag.value}: must be > 0")

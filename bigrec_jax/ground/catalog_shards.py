@@ -18,7 +18,7 @@ match the manifest, whatever process count it runs with.
 
 Placement (`place_catalog`) builds the kernel's ItemTable, the padded [N_pad, D + 1] scoring
 rows [2 e, -||e||^2], one device block at a time, from np.load(mmap_mode="r") views of only the
-shards that overlap that block, copied `chunk_rows` rows at a time (each chunk's mapping is
+shards that overlap that block, copied one chunk (CHUNK_BYTES of float32 rows) at a time (each chunk's mapping is
 dropped once copied, so mapped file pages do not pile up in the process's RSS). No process reads
 a row another process's devices hold; its peak host memory is its share of the table plus one
 device block (plus one chunk). Popularity [N] and CF scores [Q, N] are placed the same way
@@ -58,7 +58,11 @@ FORMAT = "bigrec_jax.catalog_shards/1"
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "bfloat16")
 DEFAULT_ROWS_PER_SHARD = 1 << 20
-CHUNK_ROWS = 1 << 16
+CHUNK_BYTES = 16 << 20  # float32 bytes of one chunk read from a shard (d4096: 1024 rows)
+
+
+def chunk_rows_for(dim: int) -> int:
+  return max(256, CHUNK_BYTES // (4 * max(1, dim)))
 
 
 def _bf16():
@@ -248,9 +252,11 @@ class ShardedCatalog:
     return np.load(path, mmap_mode="r")
 
   def read_rows(self, lo: int, hi: int, out: np.ndarray, transform=None,
-                chunk_rows: int = CHUNK_ROWS) -> None:
-    """Writes transform(float32 rows [lo, hi)) into out[:hi - lo], one mapped chunk at a time."""
+                chunk_rows: int | None = None) -> None:
+    """Copies float32 rows [lo, hi) into out[:hi - lo] (or calls transform(rows, out_rows)), one
+    mapped chunk at a time."""
     hi = min(hi, self.num_items)
+    chunk_rows = chunk_rows or chunk_rows_for(self.dim)
     for spec in self.shards:
       a, b = max(lo, spec.lo), min(hi, spec.hi)
       for c in range(a, b, chunk_rows):
@@ -259,7 +265,10 @@ class ShardedCatalog:
         part = np.array(view[c - spec.lo:d - spec.lo])
         del view
         part = part.view(_bf16()).astype(np.float32) if self.dtype == "bfloat16" else part
-        out[c - lo:d - lo] = part if transform is None else transform(part)
+        if transform is None:
+          out[c - lo:d - lo] = part
+        else:
+          transform(part, out[c - lo:d - lo])
         self.rows_read += d - c
 
   def read_all(self) -> np.ndarray:
@@ -269,11 +278,11 @@ class ShardedCatalog:
     return out
 
 
-def _scoring_rows(part: np.ndarray) -> np.ndarray:
-  """[2 e, -||e||^2] with the squared norm summed in float64, as kernel.place_items does."""
-  p64 = part.astype(np.float64)
-  return np.concatenate([2.0 * part, -np.einsum("nd,nd->n", p64, p64)[:, None]],
-                        axis=1).astype(np.float32)
+def _scoring_rows(part: np.ndarray, out: np.ndarray) -> None:
+  """out = [2 e, -||e||^2], the squared norm summed in float64 as kernel.place_items does."""
+  dim = part.shape[1]
+  np.multiply(part, 2.0, out=out[:, :dim])
+  out[:, dim] = -np.einsum("nd,nd->n", part, part, dtype=np.float64)
 
 
 def _item_sharding(mesh: Mesh, ndim_before: int = 0, ndim_after: int = 0):
@@ -350,7 +359,7 @@ def _bounds(s: slice, n: int) -> tuple[int, int]:
 
 
 def place_catalog(catalog: ShardedCatalog | str, mesh: Mesh | None = None, popularity=None, *,
-                  chunk_rows: int = CHUNK_ROWS) -> kernel.ItemTable:
+                  chunk_rows: int | None = None) -> kernel.ItemTable:
   """The kernel's ItemTable assembled from the shards, each process reading only its rows.
 
   Equal to kernel.place_items(all embeddings, popularity, mesh) (same padding, same float64

@@ -442,7 +442,8 @@ def ground(queries, items: ItemTable, *, k: int = 50, targets=None, cf=None,
   queries [Q, D] (numpy or already on the device), or [Q, beams, D] with beam_weights [Q, beams]
   (see the module docstring); targets [Q] or [Q, M] item ids padded with -1 (ids sharing a title
   count as one target: the best of their ranks); cf [Q, N] per-row min-max normalised CF scores
-  (higher = better). k=0 skips the top-K. query_batch None: from QUERY_BLOCK_ELEMENTS.
+  (higher = better), numpy, or already placed item-sharded and padded (catalog_shards.place_cf).
+  k=0 skips the top-K. query_batch None: from QUERY_BLOCK_ELEMENTS.
   Returns numpy arrays of Q rows.
   """
   if not 0 <= k <= items.num_items:

@@ -181,8 +181,10 @@ def test_bfloat16_shards_rank_the_rounded_catalog_exactly(tmp_path):
   np.testing.assert_array_equal(cat.read_all(), rounded)
   assert (rounded != table).any()
   q = rng.normal(size=(8, 16)).astype(np.float32)
-  got = kernel.ground(q, catalog_shards.place_catalog(cat), k=10, targets=np.arange(8))
-  want = kernel.ground(q, kernel.place_items(rounded, np.zeros(1000)), k=10, targets=np.arange(8))
+  placed, reference = catalog_shards.place_catalog(cat), kernel.place_items(rounded, np.zeros(1000))
+  np.testing.assert_array_equal(np.asarray(placed.scoring), np.asarray(reference.scoring))
+  got = kernel.ground(q, placed, k=10, targets=np.arange(8))
+  want = kernel.ground(q, reference, k=10, targets=np.arange(8))
   np.testing.assert_array_equal(got.top_ids, want.top_ids)
   np.testing.assert_array_equal(got.target_ranks, want.target_ranks)
 
@@ -241,3 +243,20 @@ def test_build_catalog_launcher_refuses_a_missing_titles_file(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "--titles" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "cat").exists()
+
+
+def test_multiprocess_ground_bench_reports_rate_and_rss_per_process(tmp_path):
+  """launch/bench.py --multiprocess_ground at a tiny size: 2 processes, every field measured."""
+  out = tmp_path / "bench.json"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"),
+                         "--multiprocess_ground", "--mp_items=50000", "--mp_dim=8",
+                         "--mp_queries=64", "--repeats=1", f"--out={out}"],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(out.read_text())["ground_multiprocess"]
+  assert r["processes"] == 2 and len(r["per_process"]) == 2
+  assert sorted(p["process"] for p in r["per_process"]) == [0, 1]
+  for p in r["per_process"]:
+    assert p["devices"] == 4 and p["queries_per_s"] > 0 and p["peak_rss_mib"] > 0
+    assert p["peak_rss_place_mib"] <= p["peak_rss_mib"]
+  assert r["queries_per_s"] == min(p["queries_per_s"] for p in r["per_process"])
