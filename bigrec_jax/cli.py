@@ -48,6 +48,17 @@ def _no_tilde(flag: str, path: str) -> None:
                     "space, so the shell expands it) or spell out the home directory")
 
 
+def _given(flag: Any, path: str | None, required: bool) -> str | None:
+  """The flag's display name when a path was given (checked for `~`); None when it may be empty."""
+  name = _flag(flag)
+  if not path:
+    if required:
+      raise UserError(f"{name} is required")
+    return None
+  _no_tilde(name, path)
+  return name
+
+
 def _first_existing(path: str) -> str:
   """The nearest ancestor of `path` (or `path` itself) that exists as something."""
   current = os.path.abspath(path)
@@ -74,12 +85,9 @@ def _check_creatable(flag: str, path: str) -> None:
 
 def output_file(flag: Any, path: str | None, required: bool = True) -> str | None:
   """Checks that the file `path` (written later) can be created or replaced; creates nothing."""
-  name = _flag(flag)
-  if not path:
-    if required:
-      raise UserError(f"{name} is required")
+  name = _given(flag, path, required)
+  if name is None:
     return path
-  _no_tilde(name, path)
   if os.path.isdir(path):
     raise UserError(f"{name}={path}: is a directory; give a file name (e.g. {os.path.join(path, 'out.json')})")
   if os.path.lexists(path) and not os.path.isfile(path):
@@ -92,12 +100,9 @@ def output_file(flag: Any, path: str | None, required: bool = True) -> str | Non
 
 def output_dir(flag: Any, path: str | None, required: bool = True) -> str | None:
   """Checks that the directory `path` exists and is writable, or can be created; creates nothing."""
-  name = _flag(flag)
-  if not path:
-    if required:
-      raise UserError(f"{name} is required")
+  name = _given(flag, path, required)
+  if name is None:
     return path
-  _no_tilde(name, path)
   if os.path.lexists(path) and not os.path.isdir(path):
     raise UserError(f"{name}={path}: exists and is not a directory")
   if os.path.isdir(path):
@@ -109,12 +114,9 @@ def output_dir(flag: Any, path: str | None, required: bool = True) -> str | None
 
 def input_file(flag: Any, path: str | None, what: str = "", required: bool = True) -> str | None:
   """An existing regular file (a directory or a missing path is an error naming the flag)."""
-  name = _flag(flag)
-  if not path:
-    if required:
-      raise UserError(f"{name} is required")
+  name = _given(flag, path, required)
+  if name is None:
     return path
-  _no_tilde(name, path)
   if os.path.isdir(path):
     raise UserError(f"{name}={path}: is a directory, expected {what or 'a file'}")
   if not os.path.isfile(path):
@@ -124,12 +126,9 @@ def input_file(flag: Any, path: str | None, what: str = "", required: bool = Tru
 
 def input_dir(flag: Any, path: str | None, what: str = "", required: bool = True) -> str | None:
   """An existing directory."""
-  name = _flag(flag)
-  if not path:
-    if required:
-      raise UserError(f"{name} is required")
+  name = _given(flag, path, required)
+  if name is None:
     return path
-  _no_tilde(name, path)
   if not os.path.exists(path):
     raise UserError(f"{name}={path}: no such directory")
   if not os.path.isdir(path):
