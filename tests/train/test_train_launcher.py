@@ -15,6 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     (["--config.data.dir={data}", "--config.mesh.shape=3,1,1"], "does not divide"),
     (["--config.data.dir={data}", "--config.lora.targets=('q_proj','w_proj')"],
      "unknown LoRA target"),
+    (["--config.data.dir={data}", "--config.train.mode=partial"],
+     "--config.train.mode must be one of ('lora', 'full')"),
 ])
 def test_bad_config_exits_2_with_a_message(tmp_path, flags, expected):
   data = tmp_path / "data"
