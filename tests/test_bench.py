@@ -43,6 +43,8 @@ def test_quick_bench_writes_well_formed_json(tmp_path):
         assert e["flops"][side]["model_flops_per_call"] > 0
       assert all(v is not None and v > 0 for v in e["ratio_jax_over_torch"].values())
   assert "jax/torch" in r.stdout  # the printed table
+  # LoRA and full fine-tuning steps at the same shape.
+  assert {e["case"] for e in rec["tasks"]["train"]} == {"2x32", "full_2x32"}
 
 
 def test_quick_bench_bfloat16_matmul(tmp_path):

@@ -3,7 +3,8 @@
 Conventions (stated in bench.json): attention is counted as computed, the full T x T score and
 value products per sequence (both sides mask rather than skip); the frozen base gets no weight
 gradients, so a LoRA training step is forward + input-gradient backward (2x the linear layers,
-3x attention) plus the adapters' forward and both backward products. Embedding counts the
+3x attention) plus the adapters' forward and both backward products; a full fine-tuning step
+(case params mode=full) is 3x the linear layers and the head, 3x attention. Embedding counts the
 real (unpadded) title tokens through the decoder blocks (no output head; titles are short, so
 attention is left out). Grounding counts the distance matmul 2*Q*N*D (float32, though the
 matmul peak is measured in the compute dtype: bfloat16 on GPU).
@@ -55,6 +56,8 @@ def case_flops(task: str, p: dict[str, Any], c: dict[str, Any], extra: dict[str,
     b, t = p["batch"], p["length"]
     fwd_lin = b * t * (linear_per_token(c) + head_per_token(c))
     att = b * attention(c, t, t)
+    if p.get("mode") == "full":  # the backward also forms every weight's gradient
+      return 3 * fwd_lin + 3 * att
     lora = b * t * lora_per_token(c, p["rank"], p["targets"])
     return 2 * fwd_lin + 3 * att + 3 * lora
   if task == "beam":

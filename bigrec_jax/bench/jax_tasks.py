@@ -15,10 +15,11 @@ import numpy as np
 # ----------------------------------------------------------------------------- training
 
 def train_step(model, p: dict[str, Any], rows: np.ndarray):
-  """(step(state) -> (state, loss), initial state, impl): the project's jitted LoRA step.
+  """(step(state) -> (state, loss), initial state, impl): the project's jitted training step.
 
   One micro-batch per step (accumulation 1), AdamW with HF's warm-up schedule and grad-norm
   clipping at 1.0 as HF Trainer does; labels = input ids (train_on_inputs, the reference default).
+  LoRA unless p["mode"] == "full" (every weight trained); no weight decay on either side.
   """
   from bigrec_jax import parallel
   from bigrec_jax.model import LoraConfig
@@ -26,22 +27,25 @@ def train_step(model, p: dict[str, Any], rows: np.ndarray):
   from bigrec_jax.train import step as step_lib
 
   cfg = model.config
-  lc = LoraConfig(rank=p["rank"], alpha=p["alpha"], dropout=p["dropout"],
-                  targets=tuple(p["targets"]))
+  full = p.get("mode") == "full"
+  lc = None if full else LoraConfig(rank=p["rank"], alpha=p["alpha"], dropout=p["dropout"],
+                                    targets=tuple(p["targets"]))
   mesh = parallel.make_mesh()
   opt, _ = opt_lib.make_optimizer(p["lr"], total_steps=10_000, warmup_steps=20, max_grad_norm=1.0)
   train = step_lib.make_train_step(cfg, lc, opt, mesh)
-  state = step_lib.init_state(cfg, lc, opt, 0, mesh)
   params = jax.device_put(model.params, step_lib.param_shardings(cfg, mesh))
+  state = step_lib.init_state(cfg, lc, opt, 0, mesh, params=params if full else None)
+  frozen = None if full else params
   ids = rows[:, None, :]  # [rows, accum=1, T]
   batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
   batch = jax.device_put(batch, step_lib.batch_spec_sharding(mesh, 3))
 
   def step(state):
-    state, metrics = train(state, params, batch)
+    state, metrics = train(state, frozen, batch)
     return state, metrics["loss"]
 
-  return step, state, "bigrec_jax.train.step.make_train_step (accumulation 1)"
+  mode = "full fine-tuning" if full else "LoRA"
+  return step, state, f"bigrec_jax.train.step.make_train_step ({mode}, accumulation 1)"
 
 
 # ----------------------------------------------------------------------------- beam search

@@ -131,6 +131,8 @@ class TorchSide:
     rows = workloads.train_rows(self.tokenizer(), inputs["texts"], p["batch"], p["length"])
     ids = torch.from_numpy(rows.astype(np.int64)).to(self.device)
     mask = torch.ones_like(ids)
+    if p.get("mode") == "full":
+      return self._train_full(p, ids, mask, repeats, budget_s)
     lcfg = LoraConfig(r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p["dropout"],
                       target_modules=list(p["targets"]), bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(self.model(), lcfg)
@@ -154,6 +156,38 @@ class TorchSide:
     finally:
       model.train(False)
       self._model = model.unload()  # back to the plain base model for later tasks
+    tokens = p["batch"] * p["length"]
+    return r, {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
+        "loss": float(r["last_output"]), "tokens": tokens}
+
+  def _train_full(self, p, ids, mask, repeats, budget_s):
+    """Full fine-tuning: every weight in AdamW (no weight decay, as the JAX side), on a copy of
+    the model so that later tasks still run the base weights."""
+    import copy
+
+    torch = self.torch
+    model = copy.deepcopy(self.model())
+    model.train()
+    params = list(model.parameters())
+    for q in params:  # the shared model is loaded frozen (inference tasks)
+      q.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+
+    def step():
+      with self.autocast():
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(params, 1.0)
+      opt.step()
+      sched.step()
+      opt.zero_grad(set_to_none=True)
+      return loss.detach()
+
+    try:
+      r = measure.timed(step, lambda x: float(x), repeats=repeats, budget_s=budget_s)
+    finally:
+      del model, opt
     tokens = p["batch"] * p["length"]
     return r, {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
         "loss": float(r["last_output"]), "tokens": tokens}

@@ -61,6 +61,11 @@ def cases(tasks: Sequence[str], quick: bool) -> list[Case]:
     out += [Case("train", f"{b}x{t}", {"batch": b, "length": t, "rank": 8, "alpha": 16.0,
                                         "dropout": 0.05, "targets": ["q_proj", "v_proj"],
                                         "lr": 1e-4}) for b, t in shapes]
+    # Full fine-tuning (train.mode=full) at the LoRA cases' first shape: every weight and its
+    # AdamW moments updated, no dropout (the model has none outside LoRA).
+    b, t = shapes[0]
+    out.append(Case("train", f"full_{b}x{t}", {"batch": b, "length": t, "mode": "full",
+                                              "lr": 1e-5}))
   if "beam" in tasks:
     batch = 2 if quick else 8
     for new in ([4] if quick else [32, 128]):
