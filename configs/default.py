@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Off by default: the reference search.
   c.generate.renormalize = False  # log-probs renormalised over the allowed trie children
   c.generate.exclude_history = "none"  # none | shown | all_past: the user's own items leave the trie
-  c.generate.assistant = "none"  # none | mostpop | sasrec | gru4rec | caser (runs baselines first)
+  c.generate.assistant = "none"  # none | mostpop | sasrec | gru4rec | caser | dros (runs baselines first)
   c.generate.guidance = 1.0  # alpha: alpha * log p_LLM + (1 - alpha) * log q (1 = LLM alone)
   c.generate.assistant_temperature = 1.0  # CF assistants: softmax(scores / temperature)
   # With an assistant: alphas tried on the valid rows (best valid beam-title NDCG is used for

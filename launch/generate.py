@@ -5,7 +5,7 @@ r"""BIGRec generation: beam search over prompts built from rows (reference infer
       [--model=path/to/model.gguf|hf_dir] [--num_beams=4] [--max_new_tokens=128] \
       [--constrained --items=/tmp/ml100k/items.tsv] [--stop_at_closing_quote] \
       [--renormalize] [--exclude_history=shown|all_past] \
-      [--assistant=mostpop|sasrec|gru4rec|caser --guidance=0.5 --assistant_scores=scores.npy]
+      [--assistant=mostpop|sasrec|gru4rec|caser|dros --guidance=0.5 --assistant_scores=scores.npy]
 
 Writes the input rows with `predict` (num_return_sequences texts after `Response:\n`, best
 first) and `predict_scores` to --output, atomically.

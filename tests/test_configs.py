@@ -49,3 +49,12 @@ def test_presets_apply_and_paper_paths_are_checked(preset):
   assert len(c.mesh.shape) == 3 and c.seeds == (0, 1, 2)
   with pytest.raises(UserError, match="llama-7b-hf"):  # not on this machine: a clear message
     pipeline.check_config(c)
+
+
+def test_dros_is_an_assistant_once_it_is_trained():
+  c = importlib.import_module("configs.demo").get_config()
+  c.generate.assistant = "dros"
+  with pytest.raises(UserError, match="assistant=dros is not trained"):
+    pipeline.check_config(c)
+  c.baselines.models = ("sasrec", "dros", "mostpop")
+  pipeline.check_config(c)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 RESPONSE_SPLIT = "Response:\n"  # the reference splits the decoded text here and keeps the end
 EXCLUDE_MODES = ("none", "shown", "all_past")
-ASSISTANTS = ("none", "mostpop", "sasrec", "gru4rec", "caser")
+ASSISTANTS = ("none", "mostpop", "sasrec", "gru4rec", "caser", "dros")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ class GenerateOptions:
   # Catalog-aware decoding (generate/guide.py), constrained only; the defaults are the reference.
   renormalize: bool = False  # log-probs renormalised over the allowed trie children
   exclude_history: str = "none"  # none | shown | all_past: items the row's user already had
-  assistant: str = "none"  # none | mostpop | sasrec | gru4rec | caser
+  assistant: str = "none"  # none | mostpop | sasrec | gru4rec | caser | dros
   guidance: float = 1.0  # alpha: 1 = the LLM alone, 0 = the assistant alone
   assistant_temperature: float = 1.0  # CF assistants: softmax(scores / temperature)
 
