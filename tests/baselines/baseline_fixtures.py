@@ -1,4 +1,4 @@
-"""A tiny prepared-data directory written by hand (the prepared-data contract, CONVENTIONS.md).
+"""A tiny prepared-data directory written by hand (the prepared-data contract of bigrec_jax/data/prepared.py).
 
 The synthetic rule: the next item is the last history item + 1 (mod the catalog size), so a
 sequential model that reads the order of the history can reach HR@1 = 1.
