@@ -139,26 +139,13 @@ class TorchSide:
     model.train()
     trainable = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=p["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
 
-    def step():
-      with self.autocast():
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(trainable, 1.0)  # HF Trainer's max_grad_norm
-      opt.step()
-      sched.step()
-      opt.zero_grad(set_to_none=True)
-      return loss.detach()
-
-    try:
-      r = measure.timed(step, lambda x: float(x), repeats=repeats, budget_s=budget_s)
-    finally:
+    def restore():
       model.train(False)
       self._model = model.unload()  # back to the plain base model for later tasks
-    tokens = p["batch"] * p["length"]
-    return r, {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
-        "loss": float(r["last_output"]), "tokens": tokens}
+
+    return self._timed_train_steps(model, trainable, opt, ids, mask, p, repeats, budget_s,
+                                   restore)
 
   def _train_full(self, p, ids, mask, repeats, budget_s):
     """Full fine-tuning: every weight in AdamW (no weight decay, as the JAX side), on a copy of
@@ -172,13 +159,19 @@ class TorchSide:
     for q in params:  # the shared model is loaded frozen (inference tasks)
       q.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=0.0)
+    return self._timed_train_steps(model, params, opt, ids, mask, p, repeats, budget_s,
+                                   lambda: None)
+
+  def _timed_train_steps(self, model, params, opt, ids, mask, p, repeats, budget_s, cleanup):
+    """HF Trainer's step (loss, backward, clip at 1.0, AdamW, 20-step warm-up), timed."""
+    torch = self.torch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
 
     def step():
       with self.autocast():
         loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
       loss.backward()
-      torch.nn.utils.clip_grad_norm_(params, 1.0)
+      torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer's max_grad_norm
       opt.step()
       sched.step()
       opt.zero_grad(set_to_none=True)
@@ -187,7 +180,7 @@ class TorchSide:
     try:
       r = measure.timed(step, lambda x: float(x), repeats=repeats, budget_s=budget_s)
     finally:
-      del model, opt
+      cleanup()
     tokens = p["batch"] * p["length"]
     return r, {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
         "loss": float(r["last_output"]), "tokens": tokens}
