@@ -5,7 +5,8 @@ paragraph on stderr with exit status 2 and no traceback; anything else is a bug 
 traceback. This module is also the one place that checks paths and names for every launcher
 before any heavy work: `output_file`/`output_dir` (the path can be created: kind of path, a
 writable parent, nothing below a regular file), `input_file`/`input_dir`, `names` (each value one
-of a known set, close matches suggested), `encoding`; and a config file that does not import, an
+of a known set, close matches suggested), `encoding`; a URI (gs://...) whose filesystem backend
+is not installed; and a config file that does not import, an
 unknown config field or a list field with elements of the wrong type is one message naming the
 file and line or the dotted field.
 """
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 from absl import app, flags, logging
 
+from bigrec_jax import files
 from bigrec_jax.files import UserError
 
 
@@ -56,6 +58,7 @@ def _given(flag: Any, path: str | None, required: bool) -> str | None:
       raise UserError(f"{name} is required")
     return None
   _no_tilde(name, path)
+  files.check_filesystem(path, name)  # a gs:// path without gcsfs: now, not as a local ./gs:/
   return name
 
 
@@ -88,6 +91,10 @@ def output_file(flag: Any, path: str | None, required: bool = True) -> str | Non
   name = _given(flag, path, required)
   if name is None:
     return path
+  if files.is_remote(path):  # an object store has no permissions or parents to check here
+    if path.endswith("/") or files.isdir(path):
+      raise UserError(f"{name}={path}: is a directory; give a file name")
+    return path
   if os.path.isdir(path):
     raise UserError(f"{name}={path}: is a directory; give a file name (e.g. {os.path.join(path, 'out.json')})")
   if os.path.lexists(path) and not os.path.isfile(path):
@@ -103,6 +110,10 @@ def output_dir(flag: Any, path: str | None, required: bool = True) -> str | None
   name = _given(flag, path, required)
   if name is None:
     return path
+  if files.is_remote(path):
+    if files.isfile(path):
+      raise UserError(f"{name}={path}: exists and is not a directory")
+    return path
   if os.path.lexists(path) and not os.path.isdir(path):
     raise UserError(f"{name}={path}: exists and is not a directory")
   if os.path.isdir(path):
@@ -117,9 +128,9 @@ def input_file(flag: Any, path: str | None, what: str = "", required: bool = Tru
   name = _given(flag, path, required)
   if name is None:
     return path
-  if os.path.isdir(path):
+  if files.isdir(path):
     raise UserError(f"{name}={path}: is a directory, expected {what or 'a file'}")
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f"{name}={path}: no such file")
   return path
 
@@ -129,9 +140,9 @@ def input_dir(flag: Any, path: str | None, what: str = "", required: bool = True
   name = _given(flag, path, required)
   if name is None:
     return path
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f"{name}={path}: no such directory")
-  if not os.path.isdir(path):
+  if not files.isdir(path):
     raise UserError(f"{name}={path}: is a file, expected {what or 'a directory'}")
   return path
 
