@@ -100,11 +100,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise UserError(f"--config.ground.cf_sources: {unknown} not in --config.baselines.models "
                     f"{tuple(config.baselines.models)}: CF scores come from the baselines run")
-  if config.model.path and not os.path.exists(config.model.path):
+  if config.model.path:
+    files.check_filesystem(config.model.path, "--config.model.path")
+  if config.model.path and not files.exists(config.model.path):
     raise UserError(f"--config.model.path={config.model.path}: no such file or directory")
   for f in ("interactions_file", "items_file"):
     path = config.data.get(f, "")
-    if path and not os.path.exists(path):
+    if path:
+      files.check_filesystem(path, f"--config.data.{f}")
+    if path and not files.exists(path):
       raise UserError(f"--config.data.{f}={path}: no such file")
   bad = set(config.lora.targets) - set(LORA_TARGETS)
   if bad:
@@ -163,11 +167,10 @@ def stage_order(config) -> tuple[str, ...]:
 def run_stage(paths: Paths, name: str, fn: Callable[[], dict], force: bool,
               log: Callable[[str], None]) -> dict:
   marker = paths.marker(name)
-  if os.path.exists(marker) and not force:
+  if files.exists(marker) and not force:
     log(f"[pipeline] {name}: done already ({marker}); skipping")
     return files.read_json(marker)
-  if os.path.exists(marker):
-    os.remove(marker)
+  files.remove(marker)
   log(f"[pipeline] {name}: starting")
   start = time.time()
   summary = fn() or {}
@@ -239,7 +242,7 @@ def baselines_stage(config, paths: Paths, log) -> dict:
     runs += [(m, True) for m in b.models if m != "mostpop"]
   for model, few_shot in runs:
     workdir = paths.baseline_dir(model, few_shot)
-    if os.path.exists(os.path.join(workdir, "metrics.json")):
+    if files.exists(os.path.join(workdir, "metrics.json")):
       continue  # finished in an earlier, interrupted run of this stage
     baseline_run.train_and_evaluate(
         b.to_dict(), model=model, data_dir=paths.data, workdir=workdir,
@@ -278,7 +281,7 @@ def _check_stage_inputs(config: ml_collections.ConfigDict, paths: Paths) -> None
     if name not in only:
       continue
     missing = [s for s in _NEEDS.get(name, ()) if s not in only
-               and not os.path.exists(paths.marker(s))]
+               and not files.exists(paths.marker(s))]
     if missing:
       raise UserError(f"--stages={','.join(config.pipeline.stages)}: {name} reads the output of "
                       f"{', '.join(missing)}, not run yet in {paths.workdir} (no "
@@ -288,10 +291,11 @@ def _check_stage_inputs(config: ml_collections.ConfigDict, paths: Paths) -> None
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  log: Callable[[str], None] = print) -> dict:
   """Runs (or resumes) every stage; returns {stage: summary}."""
+  files.check_filesystem(workdir, "--workdir")
   check_config(config)
   paths = Paths(workdir)
   _check_stage_inputs(config, paths)
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   force = set(config.pipeline.force_stages)
   if "all" in force:
     force = set(STAGES)
@@ -334,7 +338,7 @@ def write_report(config, paths: Paths) -> str:
   ks = ev["ks"]
   stats = files.read_json(os.path.join(paths.data, "stats.json"))
   ex = stats.get("examples", {})
-  lines = [f"# BIGRec report: {os.path.basename(os.path.abspath(paths.workdir))}", "",
+  lines = [f"# BIGRec report: {os.path.basename(files.abspath(paths.workdir).rstrip('/'))}", "",
            "## Data", "",
            f"{stats.get('dataset')}: {stats.get('users')} users, {stats.get('items')} items, "
            f"{stats.get('interactions')} interactions; examples train/valid/test "
@@ -408,14 +412,13 @@ def write_report(config, paths: Paths) -> str:
 
 def read_scalars(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value)]} from the TensorBoard event files the trainer wrote (no TF needed)."""
-  import glob
   import struct
 
   from tensorboardX.proto import event_pb2
 
   out: dict[str, dict[int, float]] = {}
-  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
-    data = open(path, "rb").read()
+  for path in files.glob(tb_dir, "events.out.tfevents.*") if files.isdir(tb_dir) else ():
+    data = files.read_bytes(path)
     i = 0
     while i + 12 <= len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
       (length,) = struct.unpack("<Q", data[i:i + 8])
@@ -471,7 +474,7 @@ def _examples(paths: Paths, n: int = 5) -> list[str]:
 
 
 def _maybe_json(path: str):
-  return files.read_json(path) if os.path.exists(path) else None
+  return files.read_json(path) if files.exists(path) else None
 
 
 def _json_block(obj: Any) -> str:
