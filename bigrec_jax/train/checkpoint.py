@@ -4,8 +4,9 @@ One checkpoint = {state: TrainState (LoRA or, in full fine-tuning, all params; o
 step, RNG), best: the best adapter (or params) so far, meta: JSON (training mode, epoch, data
 position, early-stopping counters, fingerprint)}. It is one unit, so a resumed run continues
 exactly where the saved one stood. Sharded arrays are written by every process (orbax), each
-its own shards. A checkpoint of the other training mode is refused with a UserError: it is a
-different run, not a corrupt one.
+its own shards. Every checkpoint records what it was made with (`made_with`: train.mode and the
+LoRA fields); one made with another mode or LoRA config is refused with a UserError naming the
+fields: it is a different run, not a corrupt one, and it stays where it is.
 
 Kept: the latest `keep` checkpoints plus the one with the best validation loss (orbax
 preservation policies). Orbax finalises a checkpoint by renaming its temporary directory, so a
@@ -86,18 +87,32 @@ class CheckpointCorrupt(Exception):
   pass
 
 
-class ModeMismatch(UserError):
+class ConfigMismatch(UserError):
+  """The workdir's checkpoints were made with another training config (mode, LoRA fields)."""
+
+
+class ModeMismatch(ConfigMismatch):
   """The workdir's checkpoints were written by a run of the other training mode."""
+
+
+def _show(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return "(" + ",".join(str(v) for v in value) + ")"
+  return str(value)
 
 
 class Checkpoints:
   """Saves and restores run checkpoints under `directory` (collective on multi-host)."""
 
   def __init__(self, directory: str, keep: int = 2, *, async_save: bool = True,
-               mode: str = "lora"):
+               mode: str = "lora", made_with: dict[str, Any] | None = None):
     self.directory = os.path.abspath(directory)
     self.keep = keep
     self.mode = mode  # "lora" | "full": recorded in every checkpoint's meta
+    # {dotted config field: value} the trainable tree depends on (train.mode, lora.*): recorded
+    # in every checkpoint and compared on restore.
+    self.made_with = {"train.mode": mode, **{k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in (made_with or {}).items()}}
     self._async = async_save
     self._manager = self._open()
 
@@ -125,7 +140,8 @@ class Checkpoints:
     """Saves at `state.step`; meta gets the fingerprint of the arrays saved with it."""
     step = int(jax.device_get(state.step))
     arrays = {"state": _state_dict(state, self.mode), "best": best_lora}
-    meta = {**meta, "step": step, "mode": self.mode, "fingerprint": fingerprint(arrays)}
+    meta = {**meta, "step": step, "mode": self.mode, "made_with": self.made_with,
+            "fingerprint": fingerprint(arrays)}
     if step in self._manager.all_steps():  # same step, newer bookkeeping (e.g. its val loss)
       self._manager.wait_until_finished()
       self._manager.delete(step)
@@ -165,11 +181,13 @@ class Checkpoints:
     """(state, best_lora, meta) of the newest good checkpoint, or None if there is none.
 
     A checkpoint that cannot be read or whose fingerprint does not match is moved aside with a
-    warning and the previous one is tried. One of the other training mode raises ModeMismatch.
+    warning and the previous one is tried. One made with another mode or LoRA config raises
+    ConfigMismatch (ModeMismatch for the mode) and is left in place.
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
-    if steps:
-      self._check_mode(steps[0])
+    recorded = self._saved_meta(steps[0]) if steps else None
+    if recorded is not None:
+      self._check_made_with(steps[0], recorded)
     for step in steps:
       error = None
       try:
@@ -177,6 +195,13 @@ class Checkpoints:
                                     best_shardings)
       except Exception as e:  # noqa: BLE001 -- any read/parse failure means "corrupt"
         error, result = e, None
+        if (step == steps[0] and recorded is not None and "made_with" not in recorded
+            and "tree structure" in str(e)):  # made before checkpoints recorded their config
+          raise ConfigMismatch(
+              f"{self.directory}: checkpoint step {step} holds another trainable tree than this "
+              f"run's ({self._mismatch_hint()}); it was made with another LoRA config (not "
+              "recorded in checkpoints this old): resume with that run's --config.lora.* or use "
+              "a new --workdir") from None
       failed = np.asarray([error is not None], np.int32)
       if jax.process_count() > 1:
         failed = multihost_utils.process_allgather(failed)
@@ -188,21 +213,36 @@ class Checkpoints:
                       _short(error) if error else "failed on another process", moved)
     return None
 
-  def _saved_mode(self, step: int) -> str | None:
-    """The mode in a checkpoint's meta ("lora" before modes existed); None if unreadable."""
+  def _saved_meta(self, step: int) -> dict[str, Any] | None:
+    """A checkpoint's meta; None if unreadable (the corrupt-checkpoint path decides)."""
     try:
       meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      return str(dict(meta["meta"]).get("mode", "lora"))
-    except Exception:  # noqa: BLE001 -- unreadable meta: the corrupt-checkpoint path decides
+      return dict(meta["meta"])
+    except Exception:  # noqa: BLE001
       return None
 
-  def _check_mode(self, step: int) -> None:
-    saved = self._saved_mode(step)
-    if saved is not None and saved != self.mode:
+  def _mismatch_hint(self) -> str:
+    return ", ".join(f"{k}={_show(v)}" for k, v in self.made_with.items())
+
+  def _check_made_with(self, step: int, meta: dict[str, Any]) -> None:
+    saved_mode = str(meta.get("mode", "lora"))  # "lora" before modes existed
+    if saved_mode != self.mode:
       raise ModeMismatch(
-          f"{self.directory}: checkpoint step {step} is from a train.mode={saved} run, but this "
-          f"run has train.mode={self.mode}; resume with --config.train.mode={saved} or use a "
-          "new --workdir")
+          f"{self.directory}: checkpoint step {step} is from a train.mode={saved_mode} run, but "
+          f"this run has train.mode={self.mode}; resume with --config.train.mode={saved_mode} or "
+          "use a new --workdir")
+    saved = meta.get("made_with")
+    if saved is None:
+      return
+    changed = [k for k in sorted(set(saved) | set(self.made_with))
+               if saved.get(k) != self.made_with.get(k)]
+    if changed:
+      there = " ".join(f"--config.{k}={_show(saved.get(k))}" for k in changed)
+      here = ", ".join(f"{k}={_show(self.made_with.get(k))}" for k in changed)
+      raise ConfigMismatch(
+          f"{self.directory}: checkpoint step {step} was made with another config ({here} in "
+          f"this run); it is a good checkpoint of another run, left in place: resume it with "
+          f"{there}, or use a new --workdir")
 
   def _quarantine(self, step: int) -> str:
     """Moves a bad step directory out of the manager's way (kept for inspection)."""

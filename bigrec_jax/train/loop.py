@@ -76,6 +76,13 @@ def lora_config_of(config) -> LoraConfig:
     raise UserError(f"--config.lora: {e}") from None
 
 
+def made_with(config) -> dict[str, Any]:
+  """The config fields a checkpoint's trainable tree depends on (besides train.mode)."""
+  if mode_of(config) == "full":
+    return {}
+  return {f"lora.{k}": config.lora[k] for k in ("rank", "alpha", "dropout", "targets")}
+
+
 def data_dirs(config) -> list[str]:
   dirs = [config.data.dir] + list(config.data.get("extra_train_dirs", ()) or ())
   return [d for d in dirs if d]
@@ -345,7 +352,8 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   if not t.resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise UserError(f"{ckpt_dir} already holds checkpoints and --config.train.resume is off: "
                     "use a new --workdir or turn resume on")
-  checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=t.keep_checkpoints, mode=mode)
+  checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=t.keep_checkpoints, mode=mode,
+                                     made_with=made_with(config))
   fresh = step_lib.init_state(model_config, lora_config, optimizer, config.seed, mesh,
                               params=None if mode == "lora" else params)
   if mode == "full":  # the state holds the weights now: keep no second copy alive

@@ -154,3 +154,46 @@ def test_full_state_round_trip_and_a_mode_mismatch_is_a_clear_error(tmp_path):
     _restore(ckpts, lora_setup)
   ckpts.close()
   assert ckpts.all_steps() == [3] and not os.path.exists(directory + "_corrupt")
+
+
+def _lora_setup(targets):
+  model = tiny_model()
+  lc = LoraConfig(targets=targets)
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  opt, _ = opt_lib.make_optimizer(1e-3, 10)
+  return (step_lib.init_state(model.config, lc, opt, 0, mesh),
+          step_lib.state_shardings(model.config, lc, opt, mesh),
+          step_lib.lora_shardings(model.config, lc, mesh))
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_other_lora_targets_are_another_config_not_a_corrupt_checkpoint(setup, tmp_path, recorded):
+  """Resuming with other lora.targets names the fields (or, for a checkpoint too old to record
+  them, says it holds another tree) and leaves the good checkpoint in place."""
+  from bigrec_jax.files import UserError
+
+  directory = str(tmp_path / "ckpt")
+  made = {"lora.rank": 8, "lora.targets": ("q_proj", "v_proj")}
+  ckpts = ckpt_lib.Checkpoints(directory, keep=2, made_with=made)
+  s = _at_step(setup[0], 3)
+  ckpts.save(s, s.lora, {"epoch": 0})
+  ckpts.close()
+  if not recorded:  # as written before checkpoints recorded made_with
+    meta_file = os.path.join(directory, "3", "meta", "metadata")
+    meta = json.loads(open(meta_file).read())
+    del meta["made_with"]
+    open(meta_file, "w").write(json.dumps(meta))
+  other = _lora_setup(("q_proj", "k_proj", "v_proj"))
+  ckpts = ckpt_lib.Checkpoints(directory, keep=2, made_with={
+      "lora.rank": 8, "lora.targets": ("q_proj", "k_proj", "v_proj")})
+  match = ("lora.targets=\\(q_proj,k_proj,v_proj\\) in this run.*--config.lora.targets=\\("
+           "q_proj,v_proj\\)" if recorded else "another LoRA config")
+  with pytest.raises(ckpt_lib.ConfigMismatch, match=match) as e:
+    _restore(ckpts, other)
+  assert isinstance(e.value, UserError) and "corrupt" not in str(e.value)
+  ckpts.close()
+  assert ckpts.all_steps() == [3] and not os.path.exists(directory + "_corrupt")
+  # The same config resumes it.
+  ckpts = ckpt_lib.Checkpoints(directory, keep=2, made_with=made)
+  assert int(_restore(ckpts, setup)[0].step) == 3
+  ckpts.close()
