@@ -135,7 +135,8 @@ def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> Datas
     raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
   if not out_dir:
     raise UserError("no output directory given (--out_dir)")
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+  files.check_filesystem(out_dir, "the output directory")
+  if files.exists(out_dir) and not files.isdir(out_dir):
     raise UserError(f"{out_dir}: exists and is not a directory")
   if options.eval_sample_size < 1:
     raise UserError(f"valid/test sample size (--valid_test_size, --config.data.valid_test_size) "
@@ -204,10 +205,9 @@ def build(dataset: str, interactions_path: str | None = None, items_path: str | 
 
 def write(out_dir: str, built: Built, build_tfds: bool = False) -> dict[str, Any]:
   """Writes every file atomically (stats.json last); returns the stats written."""
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir)
   stats_path = os.path.join(out_dir, "stats.json")
-  if os.path.exists(stats_path):  # until the new one is written, the directory reads as incomplete
-    os.remove(stats_path)
+  files.remove(stats_path)  # until the new one is written, the directory reads as incomplete
   log = built.log
   files.atomic_write(os.path.join(out_dir, "items.tsv"),
                      "".join(f"{i}\t{t}\n" for i, t in enumerate(log.titles)))

@@ -36,14 +36,10 @@ def write_rows(path: str | os.PathLike, rows: Sequence[dict]) -> None:
 def read_items(directory: str | os.PathLike) -> list[str]:
   """items.tsv -> titles indexed by item_id (ids must be 0..N-1 in order, titles clean)."""
   path = os.path.join(os.fspath(directory), "items.tsv")
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f"{path}: file not found (run launch/prepare_data.py first)")
   titles: list[str] = []
-  with open(path, encoding="utf-8", newline="\n") as f:
-    try:
-      lines = f.read().split("\n")
-    except UnicodeDecodeError as e:
-      raise UserError(f"{path}:{files.text_line_of_byte(path, e.start)}: not valid UTF-8") from None
+  lines = files.read_text(path).split("\n")
   if lines and lines[-1] == "":
     lines.pop()
   for lineno, line in enumerate(lines, start=1):
@@ -147,10 +143,10 @@ class Prepared:
 
 def load_prepared(directory: str | os.PathLike) -> Prepared:
   directory = os.fspath(directory)
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise UserError(f"{directory}: prepared-data directory not found (run launch/prepare_data.py)")
   stats_path = os.path.join(directory, "stats.json")
-  if not os.path.exists(stats_path):
+  if not files.exists(stats_path):
     raise UserError(f"{stats_path}: file not found; the directory is not a finished prepared-data "
                     "directory (interrupted run?): run launch/prepare_data.py again")
   titles = read_items(directory)

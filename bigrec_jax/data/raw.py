@@ -5,6 +5,7 @@ Readers read everything before anything is written, so a bad line stops the run 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import os
@@ -12,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from bigrec_jax import files
 from bigrec_jax.files import UserError
 
 
@@ -48,13 +50,16 @@ def require_file(path: str | os.PathLike, what: str) -> str:
   path = os.fspath(path)
   if not path:
     raise UserError(f"no {what} file given")
-  if not os.path.isfile(path):
+  files.check_filesystem(path, f"the {what} file")
+  if not files.isfile(path):
     raise UserError(f"{path}: {what} file not found")
   return path
 
 
-def _open_binary(path: str):
-  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator:
+  with files.open_read(path) as raw:
+    yield gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
 
 
 def numbered_lines(path: str, encoding: str = "utf-8", what: str = "input",

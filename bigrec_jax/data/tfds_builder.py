@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from bigrec_jax import files
 from bigrec_jax.files import UserError
 
 NAME = "bigrec_instructions"
@@ -71,7 +72,7 @@ def build(prepared_dir: str, data_dir: str | None = None,
     from bigrec_jax.data import prepared
 
     p = prepared.load_prepared(prepared_dir)
-    rows_by_split = {s: p.rows(s) for s in SPLITS if os.path.exists(p.path(s))}
+    rows_by_split = {s: p.rows(s) for s in SPLITS if files.exists(p.path(s))}
   tfds.disable_progress_bar()
   builder = BigrecInstructions(rows_by_split={k: v for k, v in rows_by_split.items() if v},
                                data_dir=data_dir or default_data_dir(prepared_dir),
@@ -83,7 +84,7 @@ def build(prepared_dir: str, data_dir: str | None = None,
 
 def data_source(data_dir: str, split: str):
   """Random-access source of one split (records in TFDS order; use the `index` field)."""
-  if not os.path.isdir(os.path.join(data_dir, NAME)):
+  if not files.isdir(os.path.join(data_dir, NAME)):
     raise UserError(f"{data_dir}: no built {NAME} dataset (build it with "
                     "launch/prepare_data.py --tfds)")
   try:
