@@ -69,7 +69,7 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
   data = data_lib.load(data_dir, max_len=int(config["max_len"]), sample=sample, seed=seed)
   log(f"[baseline] {model}: {len(data.train)} training rows, {data.num_items} items, "
       f"{len(data.valid)} valid / {len(data.test)} test rows")
-  info: dict[str, Any] = {"model": model, "data_dir": os.path.abspath(data_dir), "sample": sample,
+  info: dict[str, Any] = {"model": model, "data_dir": files.abspath(data_dir), "sample": sample,
                           "seed": seed, "train_rows": len(data.train), "num_items": data.num_items}
   if model == "mostpop":
     scores = {s: np.broadcast_to(data.popularity, (len(data.split(s)), data.num_items))
@@ -86,7 +86,7 @@ def train_and_evaluate(config: Mapping[str, Any], *, model: str, data_dir: str, 
       objective = dros.make_objective(dros_settings, counts)
       info.update(backbone=backbone, dros=vars(dros_settings))
     settings = trainer.TrainSettings.from_mapping(dict(config["train"]), seed=seed)
-    os.makedirs(workdir, exist_ok=True)  # only once the config is known good
+    files.makedirs(workdir)  # only once the config is known good
     mesh = trainer.local_mesh()
     scorer = trainer.Scorer(module, mesh, settings.eval_batch_size)
     result = trainer.train(module, data, settings, os.path.join(workdir, "checkpoints"),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import shutil
 import time
 from typing import Any, Callable, Mapping
 
@@ -22,7 +20,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from bigrec_jax import parallel
+from bigrec_jax import files, parallel
 from bigrec_jax.baselines.data import BaselineData, Sequences
 from bigrec_jax.evaluate.metrics import ranking_metrics
 from bigrec_jax.files import UserError
@@ -165,7 +163,7 @@ def init_params(model: nn.Module, max_len: int, seed: int = 0, mesh=None):
 
 def restore_best(checkpoint_dir: str, like: Any) -> Any:
   """The best parameters saved by `train` (its only checkpoint), shaped and placed like `like`."""
-  with ocp.CheckpointManager(os.path.abspath(checkpoint_dir)) as manager:
+  with ocp.CheckpointManager(files.abspath(checkpoint_dir)) as manager:
     step = manager.latest_step()
     if step is None:
       raise UserError(f"{checkpoint_dir}: no checkpoint found (was the baseline trained here?)")
@@ -189,10 +187,10 @@ def train(model: nn.Module, data: BaselineData, settings: TrainSettings, checkpo
   step_fn = make_train_step(model, optimizer, parallel.replicated(mesh), objective)
   scorer = scorer or Scorer(model, mesh, settings.eval_batch_size)
 
-  if os.path.exists(checkpoint_dir):  # a fresh run: stale checkpoints would shadow the new best
-    shutil.rmtree(checkpoint_dir)
+  # A fresh run: stale checkpoints would shadow the new best.
+  files.rmtree(checkpoint_dir)
   manager = ocp.CheckpointManager(
-      os.path.abspath(checkpoint_dir),
+      files.abspath(checkpoint_dir),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
   shuffle = np.random.default_rng(settings.seed)
   best, best_epoch, history, step = -1.0, 0, [], 0
