@@ -1,9 +1,12 @@
 """BIGRec end to end: prepare -> train LoRA -> generate -> baselines -> ground/evaluate -> report.
 
 Each stage writes its outputs under the workdir and, last, a marker `stages/<name>.json` (its
-summary and wall time). A stage whose marker exists is skipped, so a crashed run resumes where it
-stopped; `force` redoes the named stages (and, since later stages read their outputs, the caller
-should force those too when it matters). Every stage also has its own launcher.
+summary, wall time and `made_with`: the config fields it read, `_READS`, and the markers of the
+stages it read). A stage whose marker exists is skipped, so a crashed run resumes where it
+stopped. Before any work, `_plan` compares every marker with this run: a stage made with other
+values of its fields is an error naming them and the `--force_stage` that redoes it (the cheap
+report is just redone); a forced stage, and one whose inputs are (re)done, is redone from
+scratch, so forcing a stage redoes the stages that read it. Every stage also has its own launcher.
 
 Layout of a workdir:
   data/                 prepared data (items.tsv, train/valid_5000/test_5000.json, ...)
@@ -17,8 +20,10 @@ Layout of a workdir:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+import uuid
 from typing import Any, Callable, Sequence
 
 import ml_collections
@@ -164,17 +169,23 @@ def stage_order(config) -> tuple[str, ...]:
   return ("prepare", "train", "baselines", "generate", "evaluate", "report")
 
 
-def run_stage(paths: Paths, name: str, fn: Callable[[], dict], force: bool,
-              log: Callable[[str], None]) -> dict:
+def run_stage(paths: Paths, name: str, fn: Callable[[], dict], redo: str | None,
+              log: Callable[[str], None], record: dict | None = None) -> dict:
+  """Runs a stage unless its marker exists and `redo` (why it runs again) is None.
+
+  `record` (what the stage was made with: `made_with`) goes into the marker with its summary.
+  """
   marker = paths.marker(name)
-  if files.exists(marker) and not force:
+  if files.exists(marker) and redo is None:
     log(f"[pipeline] {name}: done already ({marker}); skipping")
     return files.read_json(marker)
   files.remove(marker)
-  log(f"[pipeline] {name}: starting")
+  log(f"[pipeline] {name}: starting" + (f" again ({redo})" if redo else ""))
   start = time.time()
   summary = fn() or {}
   summary = {**summary, "seconds": round(time.time() - start, 2)}
+  if record is not None:
+    summary["made_with"] = {**record, "token": uuid.uuid4().hex}
   files.write_json(marker, summary)  # written last: the stage is complete
   log(f"[pipeline] {name}: done in {summary['seconds']:.1f} s")
   return summary
@@ -194,12 +205,18 @@ def prepare_stage(config, paths: Paths) -> dict:
   return {"stats": stats}
 
 
-def train_stage(config, paths: Paths) -> dict:
-  from bigrec_jax.train import loop
+def train_stage(config, paths: Paths, fresh: bool = False) -> dict:
+  """`fresh`: a redo, so the checkpoints of the earlier run are not resumed."""
+  from bigrec_jax.train import checkpoint, loop
 
+  if fresh:
+    files.rmtree(os.path.join(paths.train, "checkpoints"))
   train_config = ml_collections.ConfigDict(config.to_dict())
   train_config.data.dir = paths.data
-  return loop.train(train_config, paths.train) or {}
+  try:
+    return loop.train(train_config, paths.train) or {}
+  except checkpoint.ConfigMismatch as e:
+    raise UserError(f"{e}; --force_stage=train trains afresh in this workdir") from None
 
 
 def generate_stage(config, paths: Paths) -> dict:
@@ -232,7 +249,7 @@ def generate_stage(config, paths: Paths) -> dict:
   return dict(zip(splits, summaries))
 
 
-def baselines_stage(config, paths: Paths, log) -> dict:
+def baselines_stage(config, paths: Paths, log, fresh: bool = False) -> dict:
   from bigrec_jax.baselines import run as baseline_run
 
   out = []
@@ -242,7 +259,9 @@ def baselines_stage(config, paths: Paths, log) -> dict:
     runs += [(m, True) for m in b.models if m != "mostpop"]
   for model, few_shot in runs:
     workdir = paths.baseline_dir(model, few_shot)
-    if files.exists(os.path.join(workdir, "metrics.json")):
+    if fresh:  # a redo: nothing of the earlier run is kept
+      files.remove(os.path.join(workdir, "metrics.json"))
+    elif files.exists(os.path.join(workdir, "metrics.json")):
       continue  # finished in an earlier, interrupted run of this stage
     baseline_run.train_and_evaluate(
         b.to_dict(), model=model, data_dir=paths.data, workdir=workdir,
@@ -275,6 +294,116 @@ _NEEDS = {"train": ("prepare",), "generate": ("prepare", "train"), "baselines": 
           "evaluate": ("prepare", "generate"), "report": ("evaluate",)}
 
 
+# What each stage reads from the config (a section: all its fields, less _NOT_READ). Its
+# marker records these values and the tokens of the markers of the stages it reads, so a
+# stage made with other values, or from outputs redone since, is not silently reused.
+_READS = {
+    "prepare": ("seed", "data.dataset", "data.interactions_file", "data.items_file",
+                "data.encoding", "data.history_len", "data.target_rating_above",
+                "data.drop_empty_history", "data.valid_test_size", "data.valid_size",
+                "data.sample"),
+    "train": ("seed", "model", "lora", "train", "data.extra_train_dirs", "data.sample",
+              "data.cutoff_len", "data.train_on_inputs", "data.group_by_length",
+              "data.bucket_multiple", "data.valid_split", "data.valid_sample"),
+    "generate": ("model", "generate"),
+    "baselines": ("seed", "baselines", "data.sample"),
+    "evaluate": ("model", "ground"),
+    "report": ("pipeline.compare",),
+}
+# Fields that change how a stage runs (speed, memory, bookkeeping), not what it makes.
+_NOT_READ = {"model.remat", "train.resume", "train.log_every_steps", "train.keep_checkpoints",
+             "train.checkpoint_every_steps"}
+_CHEAP = {"report"}  # redone automatically (and said so) when its fields change
+
+
+def _stage_config(config, name: str) -> dict[str, Any]:
+  """{dotted field: JSON value} of what `name` reads."""
+  flat = {}
+
+  def walk(prefix, value):
+    if isinstance(value, dict):
+      for k, v in value.items():
+        walk(f"{prefix}.{k}", v)
+    elif prefix not in _NOT_READ:
+      flat[prefix] = json.loads(json.dumps(value))
+
+  whole = config.to_dict()
+  for field in _READS[name]:
+    node = whole
+    for part in field.split("."):
+      node = node[part]
+    walk(field, node)
+  return flat
+
+
+def _stage_inputs(config, name: str) -> tuple[str, ...]:
+  """The stages whose outputs `name` reads (the markers its own records)."""
+  cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
+  reads_baselines = {"generate": config.generate.assistant not in ("none", "mostpop"),
+                     "evaluate": bool(cf), "report": True}
+  return _NEEDS.get(name, ()) + (("baselines",) if reads_baselines.get(name) else ())
+
+
+def _token(paths: Paths, stage: str) -> str | None:
+  marker = paths.marker(stage)
+  if not files.exists(marker):
+    return None
+  return (files.read_json(marker).get("made_with") or {}).get("token")
+
+
+def _show(value) -> str:
+  return "(" + ",".join(map(str, value)) + ")" if isinstance(value, list) else repr(value)
+
+
+def _plan(config, paths: Paths, force: set[str], only: set[str]) -> dict[str, str | None]:
+  """{stage: None (skipped), "" (runs: no marker) or why it is redone}, before any work.
+
+  A completed stage is redone when forced, when a stage it reads is (re)done, when such a stage
+  was redone since it ran, or (cheap stages only) when its own fields changed; a completed
+  stage made with other values of its own fields is a UserError naming them and the
+  --force_stage that redoes it. Markers written before stages recorded their config pass.
+  """
+  plan: dict[str, str | None] = {}
+  order = [s for s in stage_order(config) if s in only]
+  for name in order:
+    marker = paths.marker(name)
+    if not files.exists(marker):  # runs (first time, or after a crash: it resumes)
+      plan[name] = ""
+      continue
+    if name in force:
+      plan[name] = "--force_stage"
+      continue
+    record = files.read_json(marker).get("made_with")
+    redone = [s for s in _stage_inputs(config, name) if plan.get(s) is not None
+              or (record is not None and s in record["inputs"]
+                  and record["inputs"][s] != _token(paths, s))]
+    if redone:
+      plan[name] = f"it reads {', '.join(redone)}, (re)done after it"
+      continue
+    if record is None:
+      plan[name] = None
+      continue
+    now = _stage_config(config, name)
+    changed = [k for k in sorted(now) if k in record["config"] and record["config"][k] != now[k]]
+    if not changed:
+      plan[name] = None
+      continue
+    diff = ", ".join(f"{k}: {_show(record['config'][k])} -> {_show(now[k])}" for k in changed)
+    if name in _CHEAP:
+      plan[name] = f"made with other values: {diff}"
+      continue
+    after = {name}
+    for later in order[order.index(name) + 1:]:
+      if after & set(_stage_inputs(config, later)):
+        after.add(later)
+    after = [s for s in order if s in after and s != name]
+    raise UserError(
+        f"stage {name} in {paths.workdir} was made with another config: {diff}. "
+        f"--force_stage={name} redoes it (and what reads it: {', '.join(after) or 'nothing'}); "
+        "or rerun with the values it was made with, or use a new --workdir")
+  return plan
+
+
 def _check_stage_inputs(config: ml_collections.ConfigDict, paths: Paths) -> None:
   only = set(config.pipeline.stages) if config.pipeline.stages else set(STAGES)
   for name in STAGES:
@@ -299,19 +428,22 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
   force = set(config.pipeline.force_stages)
   if "all" in force:
     force = set(STAGES)
+  only = set(config.pipeline.stages) if config.pipeline.stages else set(STAGES)
+  plan = _plan(config, paths, force, only)
+  fresh = lambda name: bool(plan[name]) or name in force  # a redo: earlier partial work goes
   stages: dict[str, Callable[[], dict]] = {
       "prepare": lambda: prepare_stage(config, paths),
-      "train": lambda: train_stage(config, paths),
+      "train": lambda: train_stage(config, paths, fresh("train")),
       "generate": lambda: generate_stage(config, paths),
-      "baselines": lambda: baselines_stage(config, paths, log),
+      "baselines": lambda: baselines_stage(config, paths, log, fresh("baselines")),
       "evaluate": lambda: evaluate_stage(config, paths, log),
       "report": lambda: {"report": write_report(config, paths)},
   }
-  only = set(config.pipeline.stages) if config.pipeline.stages else set(STAGES)
   summaries = {}
-  for name in stage_order(config):
-    if name in only:
-      summaries[name] = run_stage(paths, name, stages[name], name in force, log)
+  for name in plan:
+    record = {"config": _stage_config(config, name),
+              "inputs": {s: _token(paths, s) for s in _stage_inputs(config, name)}}
+    summaries[name] = run_stage(paths, name, stages[name], plan[name], log, record)
   if "report" in summaries:
     log(f"[pipeline] report: {paths.report}")
   return summaries
