@@ -19,6 +19,7 @@ Layout of a workdir:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -75,13 +76,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1)):
     if field in config.data and config.data[field] < low:
       raise UserError(f"--config.data.{field}={config.data[field]}: must be >= {low}")
-  if config.data.get("valid_size", 0) < 0:
+  if config.data.valid_size < 0:
     raise UserError(f"--config.data.valid_size={config.data.valid_size}: must be >= 0 (0: "
                     "valid_test_size)")
   if len(set(config.seeds)) != len(config.seeds):
     raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: a seed is repeated (each "
                     "seed is one run under workdir/seed_<s>)")
-  if config.data.get("encoding"):
+  if config.data.encoding:
     import codecs
 
     try:
@@ -98,10 +99,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
     if g[field] < 1:
       raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
-  if config.ground.get("embed_batch_size", 1) < 1:
+  if config.ground.embed_batch_size < 1:
     raise UserError(f"--config.ground.embed_batch_size={config.ground.embed_batch_size}: must be "
                     ">= 1")
-  unknown = [m for m in config.ground.get("cf_sources", ()) if m not in config.baselines.models]
+  unknown = [m for m in config.ground.cf_sources if m not in config.baselines.models]
   if unknown:
     raise UserError(f"--config.ground.cf_sources: {unknown} not in --config.baselines.models "
                     f"{tuple(config.baselines.models)}: CF scores come from the baselines run")
@@ -127,11 +128,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"--config.train.{name} must be positive")
   if config.generate.num_return_sequences > config.generate.num_beams:
     raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
-  beams = config.ground.get("beams", 1)
+  beams = config.ground.beams
   if not 1 <= beams <= config.generate.num_return_sequences:
     raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "
                     f"({config.generate.num_return_sequences})")
-  for spec in config.pipeline.get("compare", ()):
+  for spec in config.pipeline.compare:
     compare.parse_run(spec, "--config.pipeline.compare")
   unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop", "dros"}
   if unknown_models:
@@ -143,21 +144,21 @@ def _check_decoding(config) -> None:
   from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES
 
   g = config.generate
-  if g.get("exclude_history", "none") not in EXCLUDE_MODES:
+  if g.exclude_history not in EXCLUDE_MODES:
     raise UserError(f"--config.generate.exclude_history={g.exclude_history!r}: choose from "
                     f"{EXCLUDE_MODES}")
-  assistant = g.get("assistant", "none")
+  assistant = g.assistant
   if assistant not in ASSISTANTS:
     raise UserError(f"--config.generate.assistant={assistant!r}: choose from {ASSISTANTS}")
   if assistant not in ("none", "mostpop") and assistant not in config.baselines.models:
     raise UserError(f"--config.generate.assistant={assistant} is not trained: add it to "
                     "--config.baselines.models")
-  catalog_aware = (g.get("renormalize", False) or assistant != "none"
-                   or g.get("exclude_history", "none") != "none")
+  catalog_aware = (g.renormalize or assistant != "none"
+                   or g.exclude_history != "none")
   if catalog_aware and not g.constrained:
     raise UserError("--config.generate.renormalize / exclude_history / assistant act on the "
                     "catalog trie: they need --config.generate.constrained=true")
-  for a in tuple(g.get("guidance_grid", ())) + (g.get("guidance", 1.0),):
+  for a in tuple(g.guidance_grid) + (g.guidance,):
     if not 0 <= a <= 1:
       raise UserError(f"--config.generate.guidance(_grid): alpha {a} is not in [0, 1]")
 
@@ -198,8 +199,8 @@ def prepare_stage(config, paths: Paths) -> dict:
   options = prepare_lib.PrepareOptions(
       history_len=d.history_len, target_rating_above=d.target_rating_above,
       drop_empty_history=d.drop_empty_history, eval_sample_size=d.valid_test_size,
-      valid_sample_size=d.get("valid_size", 0) or None,
-      few_shot_sample=d.sample, few_shot_seed=config.seed, encoding=d.get("encoding") or None)
+      valid_sample_size=d.valid_size or None,
+      few_shot_sample=d.sample, few_shot_seed=config.seed, encoding=d.encoding or None)
   stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
                               options)
   return {"stats": stats}
@@ -211,7 +212,7 @@ def train_stage(config, paths: Paths, fresh: bool = False) -> dict:
 
   if fresh:
     files.rmtree(os.path.join(paths.train, "checkpoints"))
-  train_config = ml_collections.ConfigDict(config.to_dict())
+  train_config = copy.deepcopy(config)  # still locked
   train_config.data.dir = paths.data
   try:
     return loop.train(train_config, paths.train) or {}
@@ -227,25 +228,25 @@ def generate_stage(config, paths: Paths) -> dict:
       num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
       max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
       constrained=g.constrained, stop_at_closing_quote=g.stop_at_closing_quote,
-      share_prompt_prefix=g.share_prompt_prefix, renormalize=g.get("renormalize", False),
-      exclude_history=g.get("exclude_history", "none"), assistant=g.get("assistant", "none"),
-      guidance=g.get("guidance", 1.0),
-      assistant_temperature=g.get("assistant_temperature", 1.0))
+      share_prompt_prefix=g.share_prompt_prefix, renormalize=g.renormalize,
+      exclude_history=g.exclude_history, assistant=g.assistant,
+      guidance=g.guidance,
+      assistant_temperature=g.assistant_temperature)
   splits = ("valid", "test")
   guided = dict(assistant_scores=None, alpha_grid=(), alpha_metric=None)
   if options.assistant not in ("none", "mostpop"):
     guided["assistant_scores"] = [
         os.path.join(paths.baseline_dir(options.assistant), f"scores_{split}_5000.npy")
         for split in splits]
-  if options.assistant != "none" and g.get("guidance_grid", ()):
+  if options.assistant != "none" and g.guidance_grid:
     guided.update(alpha_grid=tuple(g.guidance_grid), alpha_metric=compare.beam_title_ndcg)
   summaries = runner.run_files(
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
        for split in splits], options, model_path=config.model.path or None,
       adapter=paths.train, items=os.path.join(paths.data, "items.tsv"),  # adapter/ or model/
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
-      matmul_dtype=config.model.get("matmul_dtype", ""),
-      tokenizer=config.model.get("tokenizer") or None, **guided)
+      matmul_dtype=config.model.matmul_dtype,
+      tokenizer=config.model.tokenizer or None, **guided)
   return dict(zip(splits, summaries))
 
 
@@ -277,11 +278,11 @@ def evaluate_stage(config, paths: Paths, log) -> dict:
   opts = EvaluateOptions(
       data_dir=paths.data, valid_predictions=paths.predictions_file("valid"),
       test_predictions=paths.predictions_file("test"), out_dir=paths.eval,
-      model=config.model.path or None, tokenizer=config.model.get("tokenizer") or None,
+      model=config.model.path or None, tokenizer=config.model.tokenizer or None,
       cf_names=cf,
       cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
       cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
-      ks=tuple(config.ground.ks), beam=0, beams=config.ground.get("beams", 1),
+      ks=tuple(config.ground.ks), beam=0, beams=config.ground.beams,
       embed_batch_size=config.ground.embed_batch_size,
       mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
   metrics = evaluate_predictions(opts, log=log)
@@ -531,7 +532,7 @@ def write_report(config, paths: Paths) -> str:
     m = _maybe_json(paths.marker(stage))
     if m:
       lines.append(f"| {stage} | {m['seconds']:.1f} |")
-  if config.pipeline.get("compare", ()):
+  if config.pipeline.compare:
     runs = [("this run", paths.workdir)] + [
         compare.parse_run(spec, "--config.pipeline.compare") for spec in config.pipeline.compare]
     table, _ = compare.ablation_table(runs)
@@ -627,7 +628,7 @@ def run_seeds(config: ml_collections.ConfigDict, workdir: str,
     return run_pipeline(config, workdir, log)
   out = {}
   for seed in seeds:
-    c = ml_collections.ConfigDict(config.to_dict())
+    c = copy.deepcopy(config)
     c.seed, c.seeds = int(seed), (int(seed),)
     out[seed] = run_pipeline(c, os.path.join(workdir, f"seed_{seed}"), log)
   write_seed_report(workdir, seeds)

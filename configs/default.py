@@ -123,4 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (e.g. "reference recipe=runs/demo_reference"): the quality ablation.
   c.pipeline.compare = ()
   c.seeds = (0,)  # several seeds: one run each under workdir/seed_<s>, mean and spread reported
+  # Locked: setting a field this file does not define (a misspelling, in a config file or on the
+  # command line) is an error naming it and its close matches; values can still change.
+  c.lock()
   return c

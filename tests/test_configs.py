@@ -58,3 +58,15 @@ def test_dros_is_an_assistant_once_it_is_trained():
     pipeline.check_config(c)
   c.baselines.models = ("sasrec", "dros", "mostpop")
   pipeline.check_config(c)
+
+
+def test_a_misspelt_field_in_a_python_built_config_is_an_error_naming_it():
+  """The tree is locked: a field configs/default.py does not define cannot be created."""
+  c = importlib.import_module("configs.demo").get_config()
+  with pytest.raises(AttributeError, match='"learning_rat" does not exist.*Did you mean '
+                     '"learning_rate"'):
+    c.train.learning_rat = 3e-4
+  with pytest.raises(KeyError, match="num_beam"):
+    c.generate["num_beam"] = 2
+  c.train.learning_rate = 3e-4  # existing fields still change
+  assert c.train.learning_rate == 3e-4

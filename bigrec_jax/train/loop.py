@@ -62,7 +62,7 @@ class Preempted(SystemExit):
 
 
 def mode_of(config) -> str:
-  mode = config.train.get("mode", "lora")
+  mode = config.train.mode
   if mode not in opt_lib.MODES:
     raise UserError(f"--config.train.mode must be one of {opt_lib.MODES}, got {mode!r}")
   return mode
@@ -84,7 +84,7 @@ def made_with(config) -> dict[str, Any]:
 
 
 def data_dirs(config) -> list[str]:
-  dirs = [config.data.dir] + list(config.data.get("extra_train_dirs", ()) or ())
+  dirs = [config.data.dir] + list(config.data.extra_train_dirs)
   return [d for d in dirs if d]
 
 
@@ -119,7 +119,7 @@ def validate_config(config, *, need_data: bool = True, check_devices: bool = Tru
   if t.batch_size % t.micro_batch_size:
     raise UserError(f"--config.train.batch_size {t.batch_size} is not a multiple of "
                     f"--config.train.micro_batch_size {t.micro_batch_size}")
-  if d.sample < -1 or d.get("valid_sample", -1) < -1:
+  if d.sample < -1 or d.valid_sample < -1:
     raise UserError("--config.data.sample / valid_sample must be -1 (all) or >= 0")
   mode_of(config)
   if not 0.0 <= config.lora.dropout < 1.0:
@@ -129,7 +129,7 @@ def validate_config(config, *, need_data: bool = True, check_devices: bool = Tru
     if config.model[name] not in _DTYPES:
       raise UserError(f"--config.model.{name} must be one of {_DTYPES}, got "
                       f"{config.model[name]!r}")
-  if config.model.get("matmul_dtype", "") not in ("",) + _DTYPES:
+  if config.model.matmul_dtype not in ("",) + _DTYPES:
     raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
                     f"{config.model.matmul_dtype!r}")
   if config.model.path and not os.path.exists(config.model.path):
@@ -305,8 +305,8 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   if model is None:
     model = load_model(config.model.path or None, dtype=config.model.dtype,
                        param_dtype=config.model.param_dtype, mesh=mesh, remat=config.model.remat,
-                       matmul_dtype=config.model.get("matmul_dtype", ""),
-                       tokenizer=config.model.get("tokenizer") or None)
+                       matmul_dtype=config.model.matmul_dtype,
+                       tokenizer=config.model.tokenizer or None)
   model_config = model.config
   params = jax.device_put(model.params, step_lib.param_shardings(model_config, mesh))
   # The step's frozen argument: the base weights under LoRA; nothing in full fine-tuning, whose
@@ -341,7 +341,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   window = -(-span // 8) * 8 if span else None
   # Every example opens with the same instruction tokens: run them once per micro-batch.
   prefix = (shared_prefix_length(train_data, valid_data, training=True)
-            if t.get("share_prompt_prefix", True) else 0)
+            if t.share_prompt_prefix else 0)
   step_kw = dict(loss_chunk_tokens=chunk, label_window=window, prefix_len=prefix)
   train_step = step_lib.make_train_step(model_config, lora_config, optimizer, mesh, **step_kw)
   eval_step = step_lib.make_eval_step(model_config, lora_config, mesh, **step_kw)

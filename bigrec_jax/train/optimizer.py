@@ -62,7 +62,7 @@ def make_optimizer(learning_rate: float, total_steps: int, *, warmup_steps: int 
 
 def from_config(train_config, total_steps: int):
   """`make_optimizer` from the `train` section of configs/default.py."""
-  full = train_config.get("mode", "lora") == "full"
+  full = train_config.mode == "full"
   return make_optimizer(train_config.learning_rate, total_steps,
                         warmup_steps=train_config.warmup_steps,
                         weight_decay=train_config.weight_decay,
