@@ -147,9 +147,10 @@ def rmtree(p: str | os.PathLike) -> None:
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-  """Moves the file or directory `src` to `dst` (a rename locally, copies on an object store)."""
+  """Moves the file or directory `src` to the new name `dst`: a rename locally, object by object
+  (copy, then delete) on an object store."""
   if not is_remote(src) and not is_remote(dst):
-    shutil.move(os.fspath(src), os.fspath(dst))
+    os.replace(src, dst)
     return
   source = path(src)
   if not source.is_dir():

@@ -18,7 +18,6 @@ previous one is used.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from bigrec_jax import files
 from bigrec_jax.files import UserError
 from bigrec_jax.train.step import TrainState
 
@@ -106,7 +106,7 @@ class Checkpoints:
 
   def __init__(self, directory: str, keep: int = 2, *, async_save: bool = True,
                mode: str = "lora", made_with: dict[str, Any] | None = None):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.abspath(directory)
     self.keep = keep
     self.mode = mode  # "lora" | "full": recorded in every checkpoint's meta
     # {dotted config field: value} the trainable tree depends on (train.mode, lora.*): recorded
@@ -249,10 +249,10 @@ class Checkpoints:
     self._manager.wait_until_finished()
     target = os.path.join(self.directory + "_corrupt", f"{step}-{int(time.time())}")
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
+      files.makedirs(os.path.dirname(target))
       source = os.path.join(self.directory, str(step))
-      if os.path.exists(source):
-        shutil.move(source, target)
+      if files.exists(source):
+        files.move(source, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"bigrec_quarantine_{step}")
     self._manager.reload()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -132,7 +131,9 @@ def validate_config(config, *, need_data: bool = True, check_devices: bool = Tru
   if config.model.matmul_dtype not in ("",) + _DTYPES:
     raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
                     f"{config.model.matmul_dtype!r}")
-  if config.model.path and not os.path.exists(config.model.path):
+  if config.model.path:
+    files.check_filesystem(config.model.path, "--config.model.path")
+  if config.model.path and not files.exists(config.model.path):
     raise UserError(f"--config.model.path {config.model.path}: not found (a .gguf file or an HF "
                     "directory)")
   if len(tuple(config.mesh.shape)) != len(parallel.MESH_AXES):
@@ -156,7 +157,7 @@ def validate_config(config, *, need_data: bool = True, check_devices: bool = Tru
     for directory in dirs:
       for split in ("train", d.valid_split):
         path = os.path.join(directory, f"{split}.json")
-        if split and not os.path.exists(path):
+        if split and not files.exists(path):
           raise UserError(f"{path}: not found (run launch/prepare_data.py, or set "
                           "--config.data.dir / --config.data.valid_split)")
 
@@ -209,6 +210,45 @@ class _Stop:
     return bool(np.any(flags))
 
 
+class _RemoteEventFile:
+  """A TensorBoard event file on an object store, which cannot append: the records are kept in
+  memory and each flush rewrites the whole object through the atomic writer."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.records = bytearray()
+
+  def write(self, data: bytes) -> None:
+    self.records += data
+
+  def flush(self) -> None:
+    files.atomic_write(self.path, bytes(self.records))
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _RemoteEventFiles:
+  """tensorboardX's writer factory interface (open, directory_check) over the files layer."""
+
+  def open(self, path: str) -> _RemoteEventFile:
+    return _RemoteEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    files.makedirs(path)
+
+
+def summary_writer(logdir: str):
+  """A tensorboardX SummaryWriter for a local directory or a URI (gs://...)."""
+  from tensorboardX import SummaryWriter, record_writer
+
+  if files.is_remote(logdir):
+    # tensorboardX's own gs:// and s3:// writers need google-cloud-storage / boto3; route every
+    # remote scheme through the files layer instead.
+    record_writer.register_writer_factory(files.scheme(logdir), _RemoteEventFiles())
+  return SummaryWriter(logdir)
+
+
 class _Logs:
   """TensorBoard scalars and the progress bar, on process 0 only."""
 
@@ -217,10 +257,9 @@ class _Logs:
     self.writer = None
     self.bar = None
     if self.main:
-      from tensorboardX import SummaryWriter
       from tqdm.auto import tqdm
 
-      self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+      self.writer = summary_writer(os.path.join(workdir, "tb"))
       self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -268,14 +307,16 @@ def _export_model(path: str, params, model_config, tokenizer) -> None:
 
 
 def _write_then_swap(path: str, write) -> None:
+  # Locally both moves are renames; on an object store they copy object by object, so only each
+  # file is whole there (the stage marker, written after, is what says the directory is done).
   tmp = f"{path}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
+  files.rmtree(tmp)
   write(tmp)
   old = f"{path}.old-{os.getpid()}"
-  if os.path.exists(path):
-    os.replace(path, old)
-  os.replace(tmp, path)
-  shutil.rmtree(old, ignore_errors=True)
+  if files.exists(path):
+    files.move(path, old)
+  files.move(tmp, path)
+  files.rmtree(old)
 
 
 def _local_train_batch(local: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
@@ -297,7 +338,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
 
   validate_config(config, need_data=train_data is None)
   owns_model = model is None
-  workdir = os.path.abspath(workdir)
+  workdir = files.abspath(workdir)
   t = config.train
   mesh = parallel.make_mesh(tuple(config.mesh.shape))
   mode = mode_of(config)
@@ -349,7 +390,7 @@ def train(config, workdir: str, *, model=None, train_data=None, valid_data=None)
   trainable_sh = step_lib.trainable_shardings(model_config, lora_config, mesh)
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not t.resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+  if not t.resume and files.isdir(ckpt_dir) and files.listdir(ckpt_dir):
     raise UserError(f"{ckpt_dir} already holds checkpoints and --config.train.resume is off: "
                     "use a new --workdir or turn resume on")
   checkpoints = ckpt_lib.Checkpoints(ckpt_dir, keep=t.keep_checkpoints, mode=mode,
