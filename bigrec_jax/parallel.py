@@ -1,11 +1,12 @@
 """The one sharding helper: device mesh, logical-axis rules, multi-host setup, global batches.
 
-Model parameters carry logical axis names ("embed", "heads", "mlp", ...). `LOGICAL_RULES` maps
+Model parameters carry logical axis names ("embed", "q_proj", "mlp", ...). `LOGICAL_RULES` maps
 each logical name onto mesh axes (`data`, `fsdp`, `tensor`) in one place, MaxText-style, so the
 same model shards as data parallel on 8 GPUs, FSDP on a TPU slice or not at all on one CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, Sequence
@@ -19,23 +20,52 @@ from bigrec_jax.files import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axes (None = replicated). The batch spans data and fsdp replicas.
+# logical axis -> mesh axes (None = replicated). The batch spans data and fsdp replicas. This
+# table is the default of the config's `mesh.rules` (configs/default.py, as strings: "data,fsdp",
+# "" = replicated); entry points apply the config's with `logical_rules(config.mesh.rules)`.
 LOGICAL_RULES: dict[str, Any] = {
     "batch": ("data", "fsdp"),
     "layers": None,
     "vocab": "tensor",
     "embed": "fsdp",
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
     "q_proj": "tensor",  # fused heads*head_dim output of q_proj
     "kv_proj": "tensor",
     "mlp": "tensor",
     "lora_rank": None,
     "items": ("data", "fsdp", "tensor"),  # the grounding item table spans every device
-    "length": None,
     None: None,
 }
+_ACTIVE_RULES: list[dict[str | None, Any]] = [LOGICAL_RULES]
+
+
+def rules_as_strings(rules: dict[str | None, Any] = LOGICAL_RULES) -> dict[str, str]:
+  """{logical name: "axis,axis" | ""}: the rules as the config holds them."""
+  return {name: ",".join((rule,) if isinstance(rule, str) else tuple(rule or ()))
+          for name, rule in rules.items() if name is not None}
+
+
+def parse_rules(rules) -> dict[str | None, Any]:
+  """{name: "data,fsdp" | "fsdp" | ""} (config.mesh.rules) -> LOGICAL_RULES' form; checked."""
+  out: dict[str | None, Any] = {None: None}
+  for name, value in dict(rules).items():
+    axes = tuple(a.strip() for a in value.split(",") if a.strip()) if isinstance(value, str) \
+        else tuple(value or ())
+    bad = [a for a in axes if a not in MESH_AXES]
+    if bad or len(set(axes)) != len(axes):
+      raise UserError(f"--config.mesh.rules.{name}={value!r}: expected distinct mesh axes of "
+                      f"{MESH_AXES}, comma-separated ('' = replicated)")
+    out[name] = None if not axes else axes[0] if len(axes) == 1 else axes
+  return out
+
+
+@contextlib.contextmanager
+def logical_rules(rules):
+  """Within the block, logical names shard by `rules` (config.mesh.rules or LOGICAL_RULES' form)."""
+  _ACTIVE_RULES.append(parse_rules(rules))
+  try:
+    yield
+  finally:
+    _ACTIVE_RULES.pop()
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int | None = None) -> tuple[int, ...]:
@@ -70,7 +100,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], mesh: Mesh | None = None
   used: set[str] = set()
   out = []
   for name in logical_axes:
-    rule = LOGICAL_RULES.get(name)
+    rule = _ACTIVE_RULES[-1].get(name)
     axes = (rule,) if isinstance(rule, str) else tuple(rule or ())
     axes = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape[a] > 1))
     used.update(axes)

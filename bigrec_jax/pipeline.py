@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from bigrec_jax import files
+from bigrec_jax import config as config_lib, files, parallel
 from bigrec_jax.data import prepared, sequences
 from bigrec_jax.evaluate import compare
 from bigrec_jax.files import UserError
@@ -224,14 +224,7 @@ def generate_stage(config, paths: Paths) -> dict:
   from bigrec_jax.generate import runner
 
   g = config.generate
-  options = runner.GenerateOptions(
-      num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
-      max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
-      constrained=g.constrained, stop_at_closing_quote=g.stop_at_closing_quote,
-      share_prompt_prefix=g.share_prompt_prefix, renormalize=g.renormalize,
-      exclude_history=g.exclude_history, assistant=g.assistant,
-      guidance=g.guidance,
-      assistant_temperature=g.assistant_temperature)
+  options = config_lib.options(runner.GenerateOptions, g)
   splits = ("valid", "test")
   guided = dict(assistant_scores=None, alpha_grid=(), alpha_metric=None)
   if options.assistant not in ("none", "mostpop"):
@@ -275,16 +268,15 @@ def evaluate_stage(config, paths: Paths, log) -> dict:
   from bigrec_jax.evaluate.run import EvaluateOptions, evaluate_predictions
 
   cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
-  opts = EvaluateOptions(
+  opts = config_lib.options(
+      EvaluateOptions, config.ground,
       data_dir=paths.data, valid_predictions=paths.predictions_file("valid"),
       test_predictions=paths.predictions_file("test"), out_dir=paths.eval,
       model=config.model.path or None, tokenizer=config.model.tokenizer or None,
       cf_names=cf,
       cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
       cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
-      ks=tuple(config.ground.ks), beam=0, beams=config.ground.beams,
-      embed_batch_size=config.ground.embed_batch_size,
-      mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
+      beam=0, mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
   metrics = evaluate_predictions(opts, log=log)
   return {"methods": list(metrics["methods"])}
 
@@ -441,10 +433,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
       "report": lambda: {"report": write_report(config, paths)},
   }
   summaries = {}
-  for name in plan:
-    record = {"config": _stage_config(config, name),
-              "inputs": {s: _token(paths, s) for s in _stage_inputs(config, name)}}
-    summaries[name] = run_stage(paths, name, stages[name], plan[name], log, record)
+  with parallel.logical_rules(config.mesh.rules):
+    for name in plan:
+      record = {"config": _stage_config(config, name),
+                "inputs": {s: _token(paths, s) for s in _stage_inputs(config, name)}}
+      summaries[name] = run_stage(paths, name, stages[name], plan[name], log, record)
   if "report" in summaries:
     log(f"[pipeline] report: {paths.report}")
   return summaries

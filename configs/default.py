@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from bigrec_jax import parallel
+from bigrec_jax.ground import gamma
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -79,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Device mesh (data, fsdp, tensor); -1 = the rest of the devices.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)
+  # Logical axis -> mesh axes ("data,fsdp"; "" = replicated), MaxText-style; the table is
+  # bigrec_jax/parallel.py's LOGICAL_RULES. E.g. --config.mesh.rules.embed="" replicates weights.
+  c.mesh.rules = ml_collections.ConfigDict(parallel.rules_as_strings())
 
   c.generate = ml_collections.ConfigDict()
   c.generate.num_beams = 4
@@ -90,6 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   # End a hypothesis at the closing `"` of its title as if EOS followed (beyond the paper).
   c.generate.stop_at_closing_quote = False
   c.generate.share_prompt_prefix = True  # the shared instruction once per batch (exact)
+  c.generate.early_stopping = False  # HF beam search's early_stopping (the reference: off)
+  c.generate.bucket_multiple = 32  # prompts padded to a multiple of this (one compile per bucket)
+  c.generate.max_prompt_len = 0  # longest prompt in tokens; 0 = the context minus max_new_tokens
+  c.generate.truncate_long_prompts = False  # drop a long prompt's oldest tokens, with a warning
   # Catalog-aware decoding (generate/guide.py; "Decoding Matters" levers; constrained only).
   # Off by default: the reference search.
   c.generate.renormalize = False  # log-probs renormalised over the allowed trie children
@@ -108,6 +118,13 @@ def get_config() -> ml_collections.ConfigDict:
   # per-beam min-max distances weighted by 1/(rank+1), re-normalised over non-empty beams.
   c.ground.beams = 1
   c.ground.cf_sources = ("sasrec",)  # baselines whose scores are injected (CF grounding)
+  # Gamma grids searched on valid (the reference's: popularity 0..99; CF 0, 0.01..0.99, 1..99).
+  c.ground.pop_gammas = gamma.POP_GAMMAS
+  c.ground.cf_gammas = gamma.CF_GAMMAS
+  c.ground.both = True  # also popularity + CF together (coordinate search; an extension)
+  c.ground.query_batch = 0  # prediction rows per grounding batch; 0 = from a memory budget
+  c.ground.gamma_batch = 4  # gammas evaluated together in the search
+  c.ground.embedding_cache = ""  # catalog embedding cache ("" = $BIGREC_HOME/embeddings)
 
   # Sequential baselines trained on the same examples (configs/baselines.py holds their knobs).
   from configs import baselines as baselines_config  # pylint: disable=g-import-not-at-top

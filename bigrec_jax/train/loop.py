@@ -325,7 +325,13 @@ def _local_train_batch(local: dict[str, np.ndarray], accum: int) -> dict[str, np
           for k, v in local.items() if k in ("input_ids", "attention_mask", "labels")}
 
 
-def train(config, workdir: str, *, model=None, train_data=None, valid_data=None) -> dict[str, Any]:
+def train(config, workdir: str, **kw) -> dict[str, Any]:
+  """`_train` with the config's logical-axis rules (mesh.rules) sharding every array."""
+  with parallel.logical_rules(config.mesh.rules):
+    return _train(config, workdir, **kw)
+
+
+def _train(config, workdir: str, *, model=None, train_data=None, valid_data=None) -> dict[str, Any]:
   """Runs (or resumes) training; returns the summary also written to train_summary.json.
 
   `model` (a LoadedModel), `train_data` / `valid_data` (data.tokenize.Tokenized) replace what

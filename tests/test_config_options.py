@@ -1,0 +1,98 @@
+"""Every stage knob is a config field: options are built from the config tree, overrides reach them."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import flags
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from bigrec_jax import config as config_lib
+from bigrec_jax import parallel
+from bigrec_jax import pipeline as pl
+from bigrec_jax.evaluate import run as evaluate_run
+from bigrec_jax.generate import runner
+
+# Fields a stage gives itself (paths of the workdir, other sections) or that only show progress.
+_GIVEN = {"generate": {"progress"},
+          "ground": {"data_dir", "valid_predictions", "test_predictions", "out_dir", "model",
+                     "tokenizer", "cf_names", "cf_valid_scores", "cf_test_scores", "beam",
+                     "mesh_shape", "dtype", "progress"}}
+
+
+def _config(*overrides):
+  """configs/tiny.py with command-line overrides, parsed as launch/pipeline.py parses them."""
+  argv, sys.argv = sys.argv, ["pipeline.py", *overrides]  # overrides are found when defined
+  try:
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", "configs/tiny.py", flag_values=values)
+    values(sys.argv)
+  finally:
+    sys.argv = argv
+  return values.config
+
+
+def test_every_options_field_is_a_config_field():
+  c = _config()
+  for cls, section in ((runner.GenerateOptions, "generate"),
+                       (evaluate_run.EvaluateOptions, "ground")):
+    missing = {f.name for f in dataclasses.fields(cls)} - set(c[section]) - _GIVEN[section]
+    assert not missing, (cls.__name__, missing)
+
+
+def test_a_grid_set_on_the_command_line_reaches_the_evaluation(monkeypatch, tmp_path):
+  seen = {}
+
+  def fake_evaluate(opts, log):
+    seen["opts"] = opts
+    return {"methods": {}}
+
+  monkeypatch.setattr(evaluate_run, "evaluate_predictions", fake_evaluate)
+  c = _config("--config.ground.pop_gammas=(0.0,2.5)", "--config.ground.both=false",
+              "--config.ground.query_batch=7")
+  pl.evaluate_stage(c, pl.Paths(str(tmp_path)), log=lambda m: None)
+  opts = seen["opts"]
+  assert tuple(opts.pop_gammas) == (0.0, 2.5) and not opts.both and opts.query_batch == 7
+  assert len(opts.cf_gammas) == 199 and opts.embedding_cache is None  # "" -> None
+  assert opts.embed_batch_size == c.ground.embed_batch_size and opts.gamma_batch == 4
+  # The default grids are the reference's, unchanged.
+  assert _config().ground.pop_gammas == tuple(float(g) for g in range(100))
+
+
+def test_generate_options_come_from_the_config(monkeypatch, tmp_path):
+  seen = {}
+
+  def fake_run_files(jobs, options, **kw):
+    seen["options"] = options
+    return [{}, {}]
+
+  monkeypatch.setattr(runner, "run_files", fake_run_files)
+  c = _config("--config.generate.early_stopping=true", "--config.generate.bucket_multiple=16")
+  pl.generate_stage(c, pl.Paths(str(tmp_path)))
+  o = seen["options"]
+  assert o.early_stopping and o.bucket_multiple == 16
+  assert (o.num_beams, o.max_new_tokens, o.share_prompt_prefix) == (
+      c.generate.num_beams, c.generate.max_new_tokens, c.generate.share_prompt_prefix)
+
+
+def test_mesh_rules_are_config_fields():
+  c = _config('--config.mesh.rules.embed=', "--config.mesh.rules.mlp=fsdp,tensor")
+  with parallel.logical_rules(c.mesh.rules):
+    assert parallel.logical_to_spec(("embed", "mlp")) == P(None, ("fsdp", "tensor"))
+  assert parallel.logical_to_spec(("embed", "mlp")) == P("fsdp", "tensor")  # outside: defaults
+  # Only names some array uses are rules.
+  assert set(c.mesh.rules) == {"batch", "layers", "vocab", "embed", "q_proj", "kv_proj", "mlp",
+                               "lora_rank", "items"}
+
+
+def test_options_maps_empty_config_values_to_none():
+  @dataclasses.dataclass
+  class Opts:
+    a: int = 1
+    b: int | None = None
+    c: tuple = ()
+
+  got = config_lib.options(Opts, {"a": 3, "b": 0, "c": [1, 2], "other": 5})
+  assert got == Opts(a=3, b=None, c=(1, 2))
+  assert config_lib.options(Opts, {"a": 3}, a=4).a == 4
