@@ -195,9 +195,10 @@ def read_text(p: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def local_copy(p: str | os.PathLike) -> Iterator[str]:
+def local_copy(p: str | os.PathLike, skip: tuple[str, ...] = ()) -> Iterator[str]:
   """A local path holding the file or directory `p`, for libraries that need one (safetensors,
-  tokenizers, np.load mmaps): `p` itself when local, else a temporary download removed on exit."""
+  tokenizers, np.load mmaps): `p` itself when local, else a temporary download removed on exit
+  (leaving out a directory's files whose names end with one of `skip`, e.g. weights)."""
   p = os.fspath(p)
   if not is_remote(p):
     yield p
@@ -208,6 +209,8 @@ def local_copy(p: str | os.PathLike) -> Iterator[str]:
     if source.is_dir():
       os.makedirs(local)
       for relative, child in _files_below(source):
+        if skip and relative.endswith(skip):
+          continue
         target = os.path.join(local, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with child.open("rb") as src, open(target, "wb") as dst:
@@ -257,6 +260,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def local_staging(directory: str | os.PathLike) -> Iterator[str]:
+  """A fresh local directory for a library that writes files itself (a tokenizer's
+  save_pretrained); on success every file in it is written into `directory` (local or URI), each
+  through `atomic_path`."""
+  with tempfile.TemporaryDirectory(prefix="bigrec_staging_") as local:
+    yield local
+    for root, _, names in os.walk(local):
+      for name in names:
+        source = os.path.join(root, name)
+        relative = os.path.relpath(source, local)
+        with atomic_path(os.path.join(os.fspath(directory), relative)) as tmp:
+          shutil.copyfile(source, tmp)
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bigrec_jax import files
 from bigrec_jax.files import atomic_path, write_json
 from bigrec_jax.model.config import LlamaConfig
 
@@ -76,10 +77,11 @@ def save_pretrained(directory: str, params, config: LlamaConfig, tokenizer=None)
   """
   from safetensors.numpy import save_file
 
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory)
   with atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
     # transformers reads only safetensors files whose metadata says format "pt".
     save_file(hf_tensors(config, params), tmp, metadata={"format": "pt"})
   write_json(os.path.join(directory, "config.json"), hf_config(config))
   if tokenizer is not None:
-    tokenizer.save_pretrained(directory)
+    with files.local_staging(directory) as local:  # transformers writes only local files
+      tokenizer.save_pretrained(local)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigrec_jax import assets
+from bigrec_jax import assets, files
 from bigrec_jax.files import UserError, atomic_path, write_json
 from bigrec_jax.model.config import LlamaConfig
 from bigrec_jax.model.llama import abstract_variables
@@ -52,36 +52,40 @@ def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: 
   check_tokenizer_vocab: refuse a tokenizer with more tokens than the model's vocab_size; False
   only for synthetic checkpoints (tests) that pair a tiny embedding with a real tokenizer."""
   path = path or assets.smollm2_gguf()
-  if not os.path.exists(path):
+  files.check_filesystem(path, "the model path")
+  if not files.exists(path):
     raise UserError(f"{path}: model not found (expected a .gguf file or an HF directory with "
                     "config.json and *.safetensors)")
-  if os.path.isfile(path) and path.endswith(".gguf"):
+  if path.endswith(".gguf") and files.isfile(path):
     hf_dir = _convert_gguf(path)
-  elif os.path.isdir(path):
+  elif files.isdir(path):
     hf_dir = path
   else:
     raise UserError(f"{path}: unsupported model format (expected .gguf or an HF directory)")
   config_path = os.path.join(hf_dir, "config.json")
-  if not os.path.exists(config_path):
+  if not files.exists(config_path):
     raise UserError(f"{config_path}: missing; an HF model directory needs config.json")
-  with open(config_path) as f:
-    hf_config = json.load(f)
+  hf_config = json.loads(files.read_text(config_path))
   try:
     config = LlamaConfig.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                                  matmul_dtype=matmul_dtype)
   except (KeyError, ValueError) as e:
     raise UserError(f"{config_path}: {e}") from None
-  if tokenizer is not None and not os.path.isdir(tokenizer):
+  if tokenizer is not None:
+    files.check_filesystem(tokenizer, "--tokenizer")
+  if tokenizer is not None and not files.isdir(tokenizer):
     raise UserError(f"--tokenizer={tokenizer}: not a directory (expected one holding "
                     "tokenizer.json or tokenizer.model, e.g. the original model's directory)")
   # The tokenizer first: a missing or wrong one is the cheaper mistake to report.
   tok = load_tokenizer(tokenizer or hf_dir, config.pad_token_id,
                        vocab_size=config.vocab_size if check_tokenizer_vocab else None)
-  reader = _SafetensorsDir(hf_dir)
-  params = _build_params(config, reader, mesh)
+  with files.local_copy(hf_dir) as local_dir:  # safetensors maps local files only
+    params = _build_params(config, _SafetensorsDir(local_dir), mesh)
   return LoadedModel(config, params, tok, path)
 
 
+# Files a tokenizer never needs: left out when the tokenizer's directory is downloaded.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".h5", ".msgpack")
 # Files transformers builds a tokenizer from: any one of these groups is enough.
 _TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
 # A title-like string every real tokenizer of these models encodes and decodes unchanged.
@@ -98,7 +102,10 @@ def load_tokenizer(hf_dir: str, pad_token_id: int = 0, vocab_size: int | None = 
 
   _require_tokenizer_files(hf_dir)
   try:
-    tok = AutoTokenizer.from_pretrained(hf_dir)
+    with files.local_copy(hf_dir, skip=_WEIGHT_SUFFIXES) as local_dir:
+      tok = AutoTokenizer.from_pretrained(local_dir)
+  except UserError:
+    raise
   except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError...)
     raise UserError(f"{hf_dir}: the tokenizer could not be loaded ({type(e).__name__}: {e})"
                     ) from None
@@ -109,7 +116,7 @@ def load_tokenizer(hf_dir: str, pad_token_id: int = 0, vocab_size: int | None = 
 
 
 def _require_tokenizer_files(directory: str) -> None:
-  present = set(os.listdir(directory))
+  present = set(files.listdir(directory))
   if any(set(group) <= present for group in _TOKENIZER_FILES):
     return
   partial = [g for g in _TOKENIZER_FILES if set(g) & present]
@@ -141,14 +148,14 @@ class _SafetensorsDir:
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.exists(index):
       with open(index) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
+        shards = sorted(set(json.load(f)["weight_map"].values()))
     else:
-      files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
-    if not files:
+      shards = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    if not shards:
       raise UserError(f"{directory}: no *.safetensors weights found")
     self.where = {}
     self.handles = {}
-    for name in files:
+    for name in shards:
       full = os.path.join(directory, name)
       if not os.path.exists(full):
         raise UserError(f"{full}: listed in the index but missing")
@@ -229,22 +236,34 @@ def hf_directory(path: str) -> str:
   """An HF model directory transformers can load for `path`: the directory itself (absolute), or
   the one a .gguf file is converted to (the same weights, dequantized, that load_model runs);
   anything else is returned unchanged. PEFT adapters record this as their base model."""
-  if os.path.isfile(path) and path.endswith(".gguf"):
+  if path.endswith(".gguf") and files.isfile(path):
     return _convert_gguf(path)
-  if os.path.isdir(path):
-    return os.path.abspath(path)
+  if files.isdir(path):
+    return files.abspath(path)
   return path
 
 
 def _convert_gguf(path: str) -> str:
   """Converts a llama-architecture GGUF file to an HF-style directory in the cache (once)."""
-  st = os.stat(path)
-  key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()
-                       ).hexdigest()[:16]
+  if files.is_remote(path):  # converted once per object version, downloaded only to convert
+    st = files.path(path).stat()
+    identity = f"{path}:{st.length}:{st.mtime}"
+  else:
+    st = os.stat(path)
+    identity = f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+  key = hashlib.sha256(identity.encode()).hexdigest()[:16]
   out = os.path.join(assets.home(), "converted", f"{os.path.basename(path)}.{key}")
   done = os.path.join(out, ".complete")
   if os.path.exists(done) and _conversion_is_current(done, path):
     return out
+  with files.local_copy(path) as local:
+    _write_conversion(local, out, source=files.abspath(path))
+  return out
+
+
+def _write_conversion(path: str, out: str, source: str) -> None:
+  """The conversion of the local GGUF file `path` into the directory `out`."""
+  done = os.path.join(out, ".complete")
   import gguf
   from safetensors.numpy import save_file
 
@@ -303,15 +322,14 @@ def _convert_gguf(path: str) -> str:
       "max_position_embeddings": int(field("llama.context_length", 2048)),
       "tie_word_embeddings": tied, "bos_token_id": field("tokenizer.ggml.bos_token_id"),
       "eos_token_id": field("tokenizer.ggml.eos_token_id", 2), "pad_token_id": 0,
-      "source_gguf": os.path.abspath(path)}
+      "source_gguf": source}
   os.makedirs(out, exist_ok=True)
   with atomic_path(os.path.join(out, "model.safetensors")) as tmp:
     save_file(weights, tmp)
   write_json(os.path.join(out, "config.json"), config)
   if "tokenizer.ggml.model" in reader.fields:  # else load_model reports it (or uses --tokenizer)
     _save_gguf_tokenizer(path, out)
-  write_json(done, {"source": os.path.abspath(path), "version": _CONVERSION_VERSION})
-  return out
+  write_json(done, {"source": source, "version": _CONVERSION_VERSION})
 
 
 # 2: RoPE scaling is read from the file. Older conversions stay valid for files without any.
@@ -324,11 +342,12 @@ def _conversion_is_current(done: str, gguf_path: str) -> bool:
       return True
   import gguf
 
-  reader = gguf.GGUFReader(gguf_path)
-  scaled = ("llama.rope.scaling.type" in reader.fields or
-            any(t.name == "rope_freqs.weight" for t in reader.tensors))
+  with files.local_copy(gguf_path) as local:
+    reader = gguf.GGUFReader(local)
+    scaled = ("llama.rope.scaling.type" in reader.fields or
+              any(t.name == "rope_freqs.weight" for t in reader.tensors))
   if not scaled:  # the old conversion is what this code would write: mark it current
-    write_json(done, {"source": os.path.abspath(gguf_path), "version": _CONVERSION_VERSION})
+    write_json(done, {"source": files.abspath(gguf_path), "version": _CONVERSION_VERSION})
   return not scaled
 
 
