@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigrec_jax import files
 from bigrec_jax.files import UserError, atomic_path, write_json
 from bigrec_jax.model.config import LORA_TARGETS, LlamaConfig, LoraConfig
 
@@ -90,7 +91,7 @@ def export_peft(path: str, lora: dict, lora_config: LoraConfig, config: LlamaCon
     from bigrec_jax.model.loading import hf_directory
 
     base_model = hf_directory(base_model)
-  os.makedirs(path, exist_ok=True)
+  files.makedirs(path)
   with atomic_path(os.path.join(path, "adapter_model.safetensors")) as tmp:
     save_file(tensors, tmp)
   write_json(os.path.join(path, "adapter_config.json"), {
@@ -153,25 +154,24 @@ def import_peft(path: str, config: LlamaConfig) -> tuple[dict, LoraConfig]:
   this model has no LoRA for, ...). The returned LoraConfig's scale applies to every projection;
   per-module and per-layer scales are folded into B (see the comment above).
   """
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load as load_safetensors
 
   cfg_path = os.path.join(path, "adapter_config.json")
   weights = os.path.join(path, "adapter_model.safetensors")
   for p in (cfg_path, weights):
-    if not os.path.exists(p):
+    if not files.exists(p):
       raise UserError(f"{p}: missing; a PEFT adapter directory needs adapter_config.json and "
                       "adapter_model.safetensors")
-  with open(cfg_path) as f:
-    try:
-      pc = json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+  try:
+    pc = json.loads(files.read_text(cfg_path))
+  except json.JSONDecodeError as e:
+    raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
   _refuse_unsupported(pc, cfg_path)
   layout = _peft_layout(pc, config, cfg_path)
   lc = LoraConfig(rank=int(pc["r"]), alpha=float(pc["lora_alpha"]),
                   dropout=float(pc.get("lora_dropout") or 0.0),
                   targets=tuple(n for n in LORA_TARGETS if n in layout))
-  tensors = load_file(weights)
+  tensors = load_safetensors(files.read_bytes(weights))  # adapters are small; works on a bucket
   used: set[str] = set()
   out = {name: _import_module(name, per_layer, tensors, used, lc.scale, config, weights)
          for name, per_layer in layout.items()}
