@@ -78,10 +78,10 @@ def test_metrics(workdir: str, ev: Mapping | None = None) -> dict[str, dict]:
     ev = files.read_json(os.path.join(workdir, "eval", "metrics.json"))
   methods = {name: m["test"] for name, m in ev["methods"].items()}
   base = os.path.join(workdir, "baselines")
-  if os.path.isdir(base):
-    for name in sorted(os.listdir(base)):
+  if files.isdir(base):
+    for name in sorted(files.listdir(base)):
       path = os.path.join(base, name, "metrics.json")
-      if os.path.exists(path):
+      if files.exists(path):
         for method, m in files.read_json(path)["methods"].items():
           methods.setdefault(name if method == name.split("_")[0] else method, m["test"])
   return methods
@@ -90,7 +90,7 @@ def test_metrics(workdir: str, ev: Mapping | None = None) -> dict[str, dict]:
 def summarize_run(workdir: str) -> dict:
   """Test metrics of every method, generation statistics and stage times of one workdir."""
   metrics_path = os.path.join(workdir, "eval", "metrics.json")
-  if not os.path.exists(metrics_path):
+  if not files.exists(metrics_path):
     raise UserError(f"{workdir}: no eval/metrics.json (run the pipeline's evaluate stage first)")
   ev = files.read_json(metrics_path)
   methods = test_metrics(workdir, ev)
@@ -100,7 +100,7 @@ def summarize_run(workdir: str) -> dict:
   seconds = {}
   for stage in STAGES:
     marker = os.path.join(workdir, "stages", f"{stage}.json")
-    if os.path.exists(marker):
+    if files.exists(marker):
       seconds[stage] = files.read_json(marker).get("seconds")
   return {"workdir": workdir, "methods": methods, "test_rows": ev["counts"]["test"]["rows"],
           "rows_fingerprint": rows_fingerprint(rows),
@@ -160,13 +160,13 @@ def paired_comparisons(workdir: str, pairs: Sequence[tuple[str, str]] = PAIRED_C
   from bigrec_jax.evaluate.metrics import paired_bootstrap
 
   ours_path = os.path.join(workdir, "eval", "test_ranks.json")
-  if not os.path.exists(ours_path):
+  if not files.exists(ours_path):
     return []
   ours = files.read_json(ours_path)
   out = []
   for method, baseline in pairs:
     theirs_path = os.path.join(workdir, "baselines", baseline, "test_ranks.json")
-    if method not in ours or not os.path.exists(theirs_path):
+    if method not in ours or not files.exists(theirs_path):
       continue
     theirs = files.read_json(theirs_path)
     if len(theirs) != len(ours[method]):

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from bigrec_jax.data import prepared, prompts
+from bigrec_jax import files
 from bigrec_jax.files import UserError, read_json, read_npy
 
 
@@ -156,8 +157,7 @@ def read_score_matrix(path: str, num_rows: int, num_items: int, rows_path: str) 
 
 def _row_line(path: str, index: int) -> int:
   """1-based line where element `index` of the top-level JSON list starts (for messages only)."""
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  text = files.read_text(path)
   decoder = json.JSONDecoder()
   pos = text.index("[") + 1
   for i in range(index + 1):

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from bigrec_jax import files
 from bigrec_jax.files import atomic_path, write_json
 from bigrec_jax.ground.gamma import GammaChoice
 
@@ -111,7 +112,7 @@ def plot_popularity(path: str, counts: np.ndarray, recommended: Mapping[str, np.
 def write_report(out_dir: str, result, popularity_counts: np.ndarray,
                  test_target_ids: np.ndarray) -> dict[str, str]:
   """metrics.json, gamma_curves.png, popularity.png in out_dir (plots first, metrics.json last)."""
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir)
   paths = {"gamma_curves": os.path.join(out_dir, "gamma_curves.png"),
            "popularity": os.path.join(out_dir, "popularity.png"),
            "metrics": os.path.join(out_dir, "metrics.json")}

@@ -409,12 +409,12 @@ def resolve_adapter(path: str) -> str:
 
 
 def _is_peft_dir(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "adapter_config.json"))
+  return files.exists(os.path.join(path, "adapter_config.json"))
 
 
 def _is_hf_model_dir(path: str) -> bool:
-  return (os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
-          and any(n.endswith(".safetensors") for n in os.listdir(path)))
+  return (files.isdir(path) and files.exists(os.path.join(path, "config.json"))
+          and any(n.endswith(".safetensors") for n in files.listdir(path)))
 
 
 def resolve_trained(path: str) -> tuple[str, str]:
@@ -425,7 +425,7 @@ def resolve_trained(path: str) -> tuple[str, str]:
   if _is_hf_model_dir(path):
     return "full", path
   summary = os.path.join(path, "train_summary.json")
-  mode = files.read_json(summary).get("mode", "lora") if os.path.exists(summary) else None
+  mode = files.read_json(summary).get("mode", "lora") if files.exists(summary) else None
   adapter, model = os.path.join(path, "adapter"), os.path.join(path, "model")
   if mode != "full" and _is_peft_dir(adapter):
     return "lora", adapter
@@ -459,7 +459,7 @@ def load_merged_model(model_path: str | None = None, adapter: str | None = None,
 
 def _items_dir(items: str) -> str:
   """The prepared-data directory of --items (the directory, or the one holding items.tsv)."""
-  return os.path.dirname(os.path.abspath(items)) if os.path.isfile(items) else items
+  return os.path.dirname(files.abspath(items)) if files.isfile(items) else items
 
 
 def read_titles(items: str) -> list[str]:
@@ -467,10 +467,10 @@ def read_titles(items: str) -> list[str]:
   from bigrec_jax.data import prepared
 
   directory = items
-  if os.path.isfile(items):
+  if files.isfile(items):
     if os.path.basename(items) != "items.tsv":
       raise UserError(f"{items}: expected a prepared-data directory or its items.tsv")
-    directory = os.path.dirname(os.path.abspath(items))
+    directory = os.path.dirname(files.abspath(items))
   return prepared.read_items(directory)
 
 
