@@ -139,17 +139,15 @@ def _shard_done(directory: str, spec: ShardSpec, record: dict) -> bool:
   """The shard's .json matches `record` and its .npy has the right header (cheap: no data read)."""
   jpath = os.path.join(directory, f"{spec.name}.json")
   npath = os.path.join(directory, f"{spec.name}.npy")
-  if not (os.path.exists(jpath) and os.path.exists(npath)):
+  if not (files.exists(jpath) and files.exists(npath)):
     return False
   try:
-    with open(jpath, encoding="utf-8") as f:
-      have = json.load(f)
-    arr = np.load(npath, mmap_mode="r")
-  except (OSError, ValueError, EOFError):
+    have = json.loads(files.read_text(jpath))
+    shape, dtype = files.npy_header(npath)
+  except (OSError, ValueError, EOFError, UserError):
     return False
   want_dtype = np.uint16 if record["dtype"] == "bfloat16" else np.float32
-  return have == record and arr.shape == (spec.hi - spec.lo, record["dim"]) and \
-      arr.dtype == want_dtype
+  return have == record and shape == (spec.hi - spec.lo, record["dim"]) and dtype == want_dtype
 
 
 def build_shards(directory: str, num_items: int, dim: int,
@@ -170,7 +168,7 @@ def build_shards(directory: str, num_items: int, dim: int,
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   path = os.path.join(directory, MANIFEST)
-  if os.path.exists(path):
+  if files.exists(path):
     m = read_manifest(directory)
     for key, want in (("num_items", num_items), ("dim", dim), ("dtype", dtype),
                       ("config_hash", config)):
@@ -221,7 +219,7 @@ def embed_catalog_shards(model, titles: Sequence[str], directory: str, *,
   run = lambda lo, hi: embed.embed_texts(model, titles[lo:hi], mesh=mesh,
                                          desc=f"embedding items {lo}-{hi}", **embed_kw)
   return build_shards(directory, len(titles), model.config.hidden_size, run,
-                      source=os.path.abspath(model.source), config=chash,
+                      source=files.abspath(model.source), config=chash,
                       num_shards=num_shards, dtype=dtype,
                       shard_titles_hash=lambda lo, hi: titles_hash(titles[lo:hi]),
                       process_index=process_index, process_count=process_count, log=log)
@@ -230,7 +228,8 @@ def embed_catalog_shards(model, titles: Sequence[str], directory: str, *,
 # ----------------------------------------------------------------------------- reading
 
 class ShardedCatalog:
-  """The shards of a finished catalog directory, read by item range through np.load mmaps."""
+  """The shards of a finished catalog directory, read by item range (files.npy_rows: mmaps
+  locally, ranged reads on an object store)."""
 
   def __init__(self, directory: str):
     self.directory = directory
@@ -241,15 +240,16 @@ class ShardedCatalog:
     self.rows_read = 0
     for spec in self.shards:
       rec = os.path.join(directory, f"{spec.name}.json")
-      if not os.path.exists(rec):
+      if not files.exists(rec):
         raise UserError(f"{directory}: {spec.name} (items [{spec.lo}, {spec.hi})) is not built "
                         "yet; run the catalog embedding again (it resumes)")
 
-  def _open(self, spec: ShardSpec):
+  def _rows(self, spec: ShardSpec, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of the shard (shard-relative), read on their own: bounded memory."""
     path = os.path.join(self.directory, f"{spec.name}.npy")
     if path not in self.files_read:
       self.files_read.append(path)
-    return np.load(path, mmap_mode="r")
+    return files.npy_rows(path, lo, hi)
 
   def read_rows(self, lo: int, hi: int, out: np.ndarray, transform=None,
                 chunk_rows: int | None = None) -> None:
@@ -261,9 +261,7 @@ class ShardedCatalog:
       a, b = max(lo, spec.lo), min(hi, spec.hi)
       for c in range(a, b, chunk_rows):
         d = min(b, c + chunk_rows)
-        view = self._open(spec)  # a fresh mapping per chunk, dropped right after: bounded RSS
-        part = np.array(view[c - spec.lo:d - spec.lo])
-        del view
+        part = self._rows(spec, c - spec.lo, d - spec.lo)
         part = part.view(_bf16()).astype(np.float32) if self.dtype == "bfloat16" else part
         if transform is None:
           out[c - lo:d - lo] = part

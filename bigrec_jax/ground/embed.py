@@ -112,11 +112,11 @@ def _store(out: np.ndarray, rows: list[int], hidden) -> None:
 
 def model_fingerprint(model: LoadedModel) -> str:
   """Identifies the weights cheaply: source path, size and mtime of its files, dtypes, config."""
-  src = os.path.abspath(model.source)
-  paths = [src] if os.path.isfile(src) else sorted(
-      os.path.join(src, f) for f in os.listdir(src)
-      if f.endswith((".safetensors", ".json", ".gguf"))) if os.path.isdir(src) else []
-  stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+  src = files.abspath(model.source)
+  paths = [src] if files.isfile(src) else sorted(
+      os.path.join(src, f) for f in files.listdir(src)
+      if f.endswith((".safetensors", ".json", ".gguf"))) if files.isdir(src) else []
+  stats = [(p, *files.size_and_mtime(p)) for p in paths]
   blob = json.dumps([src, stats, repr(model.config), EMBEDDING_VERSION], default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -134,7 +134,7 @@ def catalog_embeddings(model: LoadedModel, titles: Sequence[str], cache_dir: str
   path = None
   if cache_dir:
     path = os.path.join(cache_dir, f"catalog_embeddings.{catalog_key(model, titles)}.npy")
-    if os.path.exists(path):
+    if files.exists(path):
       cached = files.read_npy(path, ndim=2)
       if cached.shape == (len(titles), model.config.hidden_size):
         log(f"[embed] catalog embeddings from cache {path}")
