@@ -120,6 +120,16 @@ def isfile(p: str | os.PathLike) -> bool:
   return path(p).is_file()
 
 
+def size_and_mtime(p: str | os.PathLike) -> tuple[int, int]:
+  """(bytes, modification time) of a file, for cache keys that must notice a changed input:
+  nanoseconds locally, the store's whole seconds for a URI."""
+  if is_remote(p):
+    st = path(p).stat()
+    return int(st.length), int(st.mtime)
+  st = os.stat(p)
+  return st.st_size, st.st_mtime_ns
+
+
 def listdir(p: str | os.PathLike) -> list[str]:
   """The names (not paths) in directory `p`, sorted."""
   return sorted(child.name for child in path(p).iterdir())
@@ -325,6 +335,46 @@ def read_npy(path: str | os.PathLike, *, ndim: int | None = None, finite: bool =
     bad = np.argwhere(~np.isfinite(array))[0]
     raise UserError(f"{path}: non-finite value (NaN/inf) at row {int(bad[0])}")
   return array
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npy_header(f: IO) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of the C-order .npy array whose file `f` is at its start; leaves `f` at the
+  first data byte."""
+  version = np.lib.format.read_magic(f)
+  if version not in _NPY_HEADER_READERS:
+    raise ValueError(f".npy format version {version} (expected 1.0 or 2.0, as np.save writes)")
+  shape, fortran_order, dtype = _NPY_HEADER_READERS[version](f)
+  if fortran_order:
+    raise ValueError("a Fortran-order .npy array (expected C order, as np.save writes)")
+  return shape, dtype
+
+
+def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of a .npy file, reading only its header (local or URI)."""
+  with open_read(path) as f:
+    return _npy_header(f)
+
+
+def npy_rows(path: str | os.PathLike, lo: int, hi: int) -> np.ndarray:
+  """Rows [lo, hi) of a C-order .npy array, a copy, without reading the rest of the file: a
+  short-lived np.load mmap locally (bounded memory), ranged reads on an object store."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    view = np.load(path, mmap_mode="r")
+    rows = np.array(view[lo:hi])
+    del view
+    return rows
+  with open_read(path) as f:
+    shape, dtype = _npy_header(f)
+    hi = min(hi, shape[0])
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    f.seek(f.tell() + lo * row_bytes)
+    data = f.read(max(hi - lo, 0) * row_bytes)
+  return np.frombuffer(data, dtype=dtype).reshape((max(hi - lo, 0),) + tuple(shape[1:])).copy()
 
 
 def text_line_of_byte(path: str, offset: int) -> int:

@@ -245,13 +245,8 @@ def hf_directory(path: str) -> str:
 
 def _convert_gguf(path: str) -> str:
   """Converts a llama-architecture GGUF file to an HF-style directory in the cache (once)."""
-  if files.is_remote(path):  # converted once per object version, downloaded only to convert
-    st = files.path(path).stat()
-    identity = f"{path}:{st.length}:{st.mtime}"
-  else:
-    st = os.stat(path)
-    identity = f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
-  key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+  size, mtime = files.size_and_mtime(path)  # a remote file is downloaded only to convert it
+  key = hashlib.sha256(f"{files.abspath(path)}:{size}:{mtime}".encode()).hexdigest()[:16]
   out = os.path.join(assets.home(), "converted", f"{os.path.basename(path)}.{key}")
   done = os.path.join(out, ".complete")
   if os.path.exists(done) and _conversion_is_current(done, path):
