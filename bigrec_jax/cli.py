@@ -147,6 +147,14 @@ def input_dir(flag: Any, path: str | None, what: str = "", required: bool = True
   return path
 
 
+def input_path(flag: Any, path: str | None, required: bool = True) -> str | None:
+  """An existing file or directory (a model: a .gguf file or an HF directory)."""
+  name = _given(flag, path, required)
+  if name is not None and not files.exists(path):
+    raise UserError(f"{name}={path}: no such file or directory")
+  return path
+
+
 def names(flag: Any, values: Iterable[str], allowed: Iterable[str]) -> list[str]:
   """Every value is one of `allowed`; an unknown one is named with its close matches."""
   allowed = list(allowed)

@@ -30,8 +30,7 @@ def main(argv: list[str]) -> None:
   runs = []
   for spec in _RUNS.value:
     name, workdir = compare.parse_run(spec, "--run")
-    if not os.path.isdir(workdir):
-      raise UserError(f"--run={spec}: {workdir} is not a directory")
+    cli.input_dir("--run", workdir)
     runs.append((name, workdir))
   if not runs:
     raise UserError("--run is required (at least one NAME=WORKDIR)")
@@ -40,7 +39,7 @@ def main(argv: list[str]) -> None:
   if _OUT.value:
     cli.output_file(_OUT, _OUT.value)
     numbers = os.path.splitext(_OUT.value)[0] + ".json"
-    if os.path.abspath(numbers) == os.path.abspath(_OUT.value):
+    if numbers == _OUT.value:
       raise UserError(f"--out={_OUT.value}: the numbers go to OUT without .md + .json, which is "
                       "this file; give a .md name")
     cli.output_file(_OUT, numbers)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from bigrec_jax import cli
+from bigrec_jax import cli, files
 from bigrec_jax.files import UserError
 
 _TITLES = flags.DEFINE_string("titles", None, "Text file, one title per line (line i = item i).")
@@ -42,8 +42,7 @@ def main(argv: list[str]) -> None:
   from bigrec_jax.ground import catalog_shards
   from bigrec_jax.model import load_model
 
-  with open(_TITLES.value, encoding="utf-8") as f:
-    titles = f.read().splitlines()
+  titles = files.read_text(_TITLES.value).splitlines()
   if not titles:
     raise UserError(f"--titles={_TITLES.value}: no titles")
   mesh = parallel.make_mesh(devices=jax.local_devices())  # each process embeds on its own devices

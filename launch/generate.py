@@ -85,11 +85,8 @@ def _check_flags() -> None:
   if _CONSTRAINED.value and not _ITEMS.value:
     raise UserError("--constrained needs --items (the catalog's items.tsv or its prepared-data "
                     "directory)")
-  if _ITEMS.value and not os.path.exists(_ITEMS.value):
-    raise UserError(f"--items={_ITEMS.value}: no such file or directory")
-  for flag in (_MODEL, _ADAPTER):
-    if flag.value and not os.path.exists(flag.value):
-      raise UserError(f"--{flag.name}={flag.value}: no such file or directory")
+  for flag in (_ITEMS, _MODEL, _ADAPTER):
+    cli.input_path(flag, flag.value, required=False)
   for flag, low in ((_NUM_BEAMS, 1), (_NUM_RETURN, 1), (_MAX_NEW, 1), (_BATCH, 1), (_BUCKET, 1),
                     (_MAX_PROMPT, 0)):
     if flag.value is not None and flag.value < low:

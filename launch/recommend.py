@@ -44,8 +44,7 @@ def main(argv):
     raise UserError(f"unexpected arguments {argv[1:]}; pass titles with --liked")
   cli.input_dir(_DATA, _DATA.value, "a directory written by launch/prepare_data.py")
   for flag in (_ADAPTER, _MODEL):
-    if flag.value and not os.path.exists(flag.value):
-      raise UserError(f"--{flag.name}={flag.value}: no such file or directory")
+    cli.input_path(flag, flag.value, required=False)
   for flag, low in ((_K, 1), (_BEAMS, 1), (_NEW, 1), (_GAMMA, 0)):
     if flag.value < low:
       raise UserError(f"--{flag.name}={flag.value}: must be >= {low}")
