@@ -1,4 +1,5 @@
-"""The config tree (configs/default.py) meets the code here: options built from its sections.
+"""The config tree (configs/default.py) meets the code here: options built from its sections,
+and the one checker of its values (`check`).
 
 `options(cls, section, **given)` builds an options dataclass (GenerateOptions, EvaluateOptions,
 ...) from the config section of the same field names, so a field added to the section reaches
@@ -9,7 +10,11 @@ the config's "" or 0 (a locked config cannot hold None and a number or string in
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, TypeVar
+
+from bigrec_jax import files, parallel
+from bigrec_jax.files import UserError
 
 T = TypeVar("T")
 
@@ -25,3 +30,177 @@ def options(cls: type[T], section, **given: Any) -> T:
       value = None
     kw[field.name] = tuple(value) if isinstance(value, list) else value
   return cls(**kw, **given)
+
+
+# ----------------------------------------------------------------------------- the checker
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check(config, *, need_data: bool = False, check_devices: bool = False,
+          num_devices: int | None = None) -> None:
+  """The one checker of a config tree: every check that needs no heavy work, run by every entry
+  point that takes one (launch/pipeline.py, launch/train.py, pipeline.run_pipeline, loop.train)
+  before any model or data loads. A bad value is a UserError naming its --config field.
+
+  `need_data`: the prepared directories of `data.dir` (launch/train.py) must exist.
+  `check_devices`: the mesh against the devices (needs the JAX backend, so after
+  `jax.distributed.initialize`); `num_devices` overrides jax.device_count().
+  """
+  _check_pipeline(config)
+  _check_train(config)
+  parallel.parse_rules(config.mesh.rules)
+  if check_devices:
+    _check_devices(config, num_devices)
+  if need_data:
+    _check_data_dirs(config)
+
+
+def _check_pipeline(config) -> None:
+  from bigrec_jax import pipeline
+  from bigrec_jax.data.prepare import DATASETS
+  from bigrec_jax.evaluate import compare
+
+  stages, p = pipeline.STAGES, config.pipeline
+  unknown = set(p.force_stages) - set(stages) - {"all"}
+  if unknown:
+    raise UserError(f"--force_stage: unknown stage(s) {sorted(unknown)}; stages are {stages}")
+  unknown = [s for s in p.stages if s not in stages]
+  if unknown:
+    raise UserError(f"--stages (config.pipeline.stages): unknown stage(s) {unknown}; stages are "
+                    f"{stages}")
+  d = config.data
+  for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1),
+                     ("valid_sample", -1)):
+    if d[field] < low:
+      raise UserError(f"--config.data.{field}={d[field]}: must be >= {low}")
+  if d.valid_size < 0:
+    raise UserError(f"--config.data.valid_size={d.valid_size}: must be >= 0 (0: "
+                    "valid_test_size)")
+  if len(set(config.seeds)) != len(config.seeds):
+    raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: a seed is repeated (each "
+                    "seed is one run under workdir/seed_<s>)")
+  if d.encoding:
+    import codecs
+
+    try:
+      codecs.lookup(d.encoding)
+    except LookupError:
+      raise UserError(f"--config.data.encoding={d.encoding}: unknown text encoding "
+                      "(e.g. utf-8, ISO-8859-1, cp1252)") from None
+  if d.dataset not in DATASETS:
+    raise UserError(f"--config.data.dataset={d.dataset!r}: choose one of {', '.join(DATASETS)}")
+  g = config.generate  # checked here, not after training has run
+  for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size",
+                "bucket_multiple"):
+    if g[field] < 1:
+      raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
+  for field in ("embed_batch_size", "gamma_batch"):
+    if config.ground[field] < 1:
+      raise UserError(f"--config.ground.{field}={config.ground[field]}: must be >= 1")
+  if config.ground.query_batch < 0:
+    raise UserError(f"--config.ground.query_batch={config.ground.query_batch}: must be >= 1, "
+                    "or 0 (from the memory budget)")
+  for field in ("pop_gammas", "cf_gammas"):
+    grid = list(config.ground[field])
+    if not grid or any(not gamma >= 0 for gamma in grid):
+      raise UserError(f"--config.ground.{field}={grid}: must be a non-empty list of gammas >= 0")
+  unknown = [m for m in config.ground.cf_sources if m not in config.baselines.models]
+  if unknown:
+    raise UserError(f"--config.ground.cf_sources: {unknown} not in --config.baselines.models "
+                    f"{tuple(config.baselines.models)}: CF scores come from the baselines run")
+  for flag, path in (("model.path", config.model.path), ("data.interactions_file",
+                                                         d.interactions_file),
+                     ("data.items_file", d.items_file)):
+    if path:
+      files.check_filesystem(path, f"--config.{flag}")
+      if not files.exists(path):
+        raise UserError(f"--config.{flag}={path}: no such file or directory")
+  ks = list(config.ground.ks)
+  if ks != sorted(set(ks)) or not ks or ks[0] < 1:
+    raise UserError(f"--config.ground.ks={ks}: must be positive, sorted and unique")
+  if g.num_return_sequences > g.num_beams:
+    raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
+  beams = config.ground.beams
+  if not 1 <= beams <= g.num_return_sequences:
+    raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "
+                    f"({g.num_return_sequences})")
+  for spec in p.compare:
+    compare.parse_run(spec, "--config.pipeline.compare")
+  unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop", "dros"}
+  if unknown_models:
+    raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
+  pipeline._check_decoding(config)  # pylint: disable=protected-access
+
+
+def _check_train(config) -> None:
+  from bigrec_jax.train import loop
+
+  t, d = config.train, config.data
+  positive = {"train.learning_rate": t.learning_rate, "train.micro_batch_size": t.micro_batch_size,
+              "train.batch_size": t.batch_size, "train.num_epochs": t.num_epochs,
+              "train.eval_batch_size": t.eval_batch_size,
+              "train.keep_checkpoints": t.keep_checkpoints,
+              "train.eval_every_epochs": t.eval_every_epochs,
+              "train.log_every_steps": t.log_every_steps,
+              "data.cutoff_len": d.cutoff_len, "data.bucket_multiple": d.bucket_multiple}
+  for name, value in positive.items():
+    if not value > 0:
+      raise UserError(f"--config.{name} must be positive, got {value}")
+  non_negative = {"train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
+                  "train.max_grad_norm": t.max_grad_norm,
+                  "train.early_stopping_patience": t.early_stopping_patience,
+                  "train.checkpoint_every_steps": t.checkpoint_every_steps}
+  for name, value in non_negative.items():
+    if value < 0:
+      raise UserError(f"--config.{name} must be >= 0, got {value}")
+  if t.max_steps == 0 or t.max_steps < -1:
+    raise UserError(f"--config.train.max_steps must be -1 (from epochs) or positive, got "
+                    f"{t.max_steps}")
+  if t.batch_size % t.micro_batch_size:
+    raise UserError(f"--config.train.batch_size {t.batch_size} is not a multiple of "
+                    f"--config.train.micro_batch_size {t.micro_batch_size}")
+  loop.mode_of(config)
+  if not 0.0 <= config.lora.dropout < 1.0:
+    raise UserError(f"--config.lora.dropout must be in [0, 1), got {config.lora.dropout}")
+  loop.lora_config_of(config)  # the one check of the LoRA targets, rank and alpha: LoraConfig's
+  for name in ("dtype", "param_dtype"):
+    if config.model[name] not in _DTYPES:
+      raise UserError(f"--config.model.{name} must be one of {_DTYPES}, got "
+                      f"{config.model[name]!r}")
+  if config.model.matmul_dtype not in ("",) + _DTYPES:
+    raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
+                    f"{config.model.matmul_dtype!r}")
+  if len(tuple(config.mesh.shape)) != len(parallel.MESH_AXES):
+    raise UserError(f"--config.mesh.shape {tuple(config.mesh.shape)} needs one size per axis "
+                    f"{parallel.MESH_AXES}")
+
+
+def _check_devices(config, num_devices: int | None) -> None:
+  import jax
+
+  t = config.train
+  n = num_devices if num_devices is not None else jax.device_count()
+  shape = parallel.resolve_mesh_shape(tuple(config.mesh.shape), n)
+  dp = shape[0] * shape[1]
+  if t.batch_size % (t.micro_batch_size * dp):
+    raise UserError(f"--config.train.batch_size {t.batch_size} must be a multiple of "
+                    f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
+  if dp % jax.process_count():
+    raise UserError(f"the data-parallel size {dp} (mesh data x fsdp) must be a multiple of the "
+                    f"{jax.process_count()} processes: each process feeds its own rows")
+
+
+def _check_data_dirs(config) -> None:
+  from bigrec_jax.train import loop
+
+  dirs = loop.data_dirs(config)
+  if not dirs:
+    raise UserError("--config.data.dir is empty: give a directory written by "
+                    "launch/prepare_data.py")
+  for directory in dirs:
+    for split in ("train", config.data.valid_split):
+      path = os.path.join(directory, f"{split}.json")
+      if split and not files.exists(path):
+        raise UserError(f"{path}: not found (run launch/prepare_data.py, or set "
+                        "--config.data.dir / --config.data.valid_split)")

@@ -62,82 +62,8 @@ class Paths:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Everything that can be checked before any heavy work (exit 2 via UserError)."""
-  from bigrec_jax.model import LORA_TARGETS
-
-  p = config.pipeline
-  unknown = set(p.force_stages) - set(STAGES) - {"all"}
-  if unknown:
-    raise UserError(f"--force_stage: unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
-  unknown = [s for s in p.stages if s not in STAGES]
-  if unknown:
-    raise UserError(f"--stages (config.pipeline.stages): unknown stage(s) {unknown}; stages are "
-                    f"{STAGES}")
-  for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1)):
-    if field in config.data and config.data[field] < low:
-      raise UserError(f"--config.data.{field}={config.data[field]}: must be >= {low}")
-  if config.data.valid_size < 0:
-    raise UserError(f"--config.data.valid_size={config.data.valid_size}: must be >= 0 (0: "
-                    "valid_test_size)")
-  if len(set(config.seeds)) != len(config.seeds):
-    raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: a seed is repeated (each "
-                    "seed is one run under workdir/seed_<s>)")
-  if config.data.encoding:
-    import codecs
-
-    try:
-      codecs.lookup(config.data.encoding)
-    except LookupError:
-      raise UserError(f"--config.data.encoding={config.data.encoding}: unknown text encoding "
-                      "(e.g. utf-8, ISO-8859-1, cp1252)") from None
-  from bigrec_jax.data.prepare import DATASETS
-
-  if config.data.dataset not in DATASETS:
-    raise UserError(f"--config.data.dataset={config.data.dataset!r}: choose one of "
-                    f"{', '.join(DATASETS)}")
-  g = config.generate  # checked here, not after training has run
-  for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size"):
-    if g[field] < 1:
-      raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
-  if config.ground.embed_batch_size < 1:
-    raise UserError(f"--config.ground.embed_batch_size={config.ground.embed_batch_size}: must be "
-                    ">= 1")
-  unknown = [m for m in config.ground.cf_sources if m not in config.baselines.models]
-  if unknown:
-    raise UserError(f"--config.ground.cf_sources: {unknown} not in --config.baselines.models "
-                    f"{tuple(config.baselines.models)}: CF scores come from the baselines run")
-  if config.model.path:
-    files.check_filesystem(config.model.path, "--config.model.path")
-  if config.model.path and not files.exists(config.model.path):
-    raise UserError(f"--config.model.path={config.model.path}: no such file or directory")
-  for f in ("interactions_file", "items_file"):
-    path = config.data.get(f, "")
-    if path:
-      files.check_filesystem(path, f"--config.data.{f}")
-    if path and not files.exists(path):
-      raise UserError(f"--config.data.{f}={path}: no such file")
-  bad = set(config.lora.targets) - set(LORA_TARGETS)
-  if bad:
-    raise UserError(f"--config.lora.targets: unknown module(s) {sorted(bad)}; "
-                    f"choose from {LORA_TARGETS}")
-  ks = list(config.ground.ks)
-  if ks != sorted(set(ks)) or not ks or ks[0] < 1:
-    raise UserError(f"--config.ground.ks={ks}: must be positive, sorted and unique")
-  for name in ("learning_rate",):
-    if config.train[name] <= 0:
-      raise UserError(f"--config.train.{name} must be positive")
-  if config.generate.num_return_sequences > config.generate.num_beams:
-    raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
-  beams = config.ground.beams
-  if not 1 <= beams <= config.generate.num_return_sequences:
-    raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "
-                    f"({config.generate.num_return_sequences})")
-  for spec in config.pipeline.compare:
-    compare.parse_run(spec, "--config.pipeline.compare")
-  unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop", "dros"}
-  if unknown_models:
-    raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
-  _check_decoding(config)
+  """`config.check`, the one checker (exit 2 via UserError) before any heavy work."""
+  config_lib.check(config)
 
 
 def _check_decoding(config) -> None:

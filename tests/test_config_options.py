@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+import pytest
 from absl import flags
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
@@ -96,3 +97,25 @@ def test_options_maps_empty_config_values_to_none():
   got = config_lib.options(Opts, {"a": 3, "b": 0, "c": [1, 2], "other": 5})
   assert got == Opts(a=3, b=None, c=(1, 2))
   assert config_lib.options(Opts, {"a": 3}, a=4).a == 4
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (("--config.lora.targets=('q_proj','qkv')",), "--config.lora: unknown LoRA target(s) ['qkv']"),
+    (("--config.ground.pop_gammas=(1.0,-2.0)",), "--config.ground.pop_gammas=[1.0, -2.0]"),
+    (("--config.mesh.rules.embed=fsdp,model",), "--config.mesh.rules.embed='fsdp,model'"),
+    (("--config.train.batch_size=130",), "not a multiple of --config.train.micro_batch_size"),
+    (("--config.generate.bucket_multiple=0",), "--config.generate.bucket_multiple=0: must be"),
+])
+def test_one_checker_fails_the_same_way_for_every_entry_point(overrides, needle):
+  """The pipeline and the train launcher run the same checker on the same tree."""
+  from bigrec_jax.files import UserError
+  from bigrec_jax.train import loop
+
+  c = _config(*overrides)
+  messages = []
+  for check in (pl.check_config, config_lib.check,
+                lambda c: loop.validate_config(c, need_data=False, check_devices=False)):
+    with pytest.raises(UserError) as e:
+      check(c)
+    messages.append(str(e.value))
+  assert needle in messages[0] and len(set(messages)) == 1, messages

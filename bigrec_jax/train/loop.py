@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from bigrec_jax import files, parallel
+from bigrec_jax import config as config_lib, files, parallel
 from bigrec_jax.files import UserError
 from bigrec_jax.model import LoraConfig, export as export_lib, lora as lora_lib
 from bigrec_jax.train import checkpoint as ckpt_lib
@@ -41,7 +41,6 @@ from bigrec_jax.train import optimizer as opt_lib
 from bigrec_jax.train import step as step_lib
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped early, rerun to continue"
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class TrainingDiverged(UserError):
@@ -89,77 +88,9 @@ def data_dirs(config) -> list[str]:
 
 def validate_config(config, *, need_data: bool = True, check_devices: bool = True,
                     num_devices: int | None = None) -> None:
-  """Every check that needs no heavy work; raises UserError naming the field.
-
-  `check_devices=False` skips what needs the JAX backend (the mesh against the device count),
-  so a launcher can validate before `jax.distributed.initialize`.
-  """
-  t, d = config.train, config.data
-  positive = {"train.learning_rate": t.learning_rate, "train.micro_batch_size": t.micro_batch_size,
-              "train.batch_size": t.batch_size, "train.num_epochs": t.num_epochs,
-              "train.eval_batch_size": t.eval_batch_size,
-              "train.keep_checkpoints": t.keep_checkpoints,
-              "train.eval_every_epochs": t.eval_every_epochs,
-              "train.log_every_steps": t.log_every_steps,
-              "data.cutoff_len": d.cutoff_len, "data.bucket_multiple": d.bucket_multiple}
-  for name, value in positive.items():
-    if not value > 0:
-      raise UserError(f"--config.{name} must be positive, got {value}")
-  non_negative = {"train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
-                  "train.max_grad_norm": t.max_grad_norm,
-                  "train.early_stopping_patience": t.early_stopping_patience,
-                  "train.checkpoint_every_steps": t.checkpoint_every_steps}
-  for name, value in non_negative.items():
-    if value < 0:
-      raise UserError(f"--config.{name} must be >= 0, got {value}")
-  if t.max_steps == 0 or t.max_steps < -1:
-    raise UserError(f"--config.train.max_steps must be -1 (from epochs) or positive, got "
-                    f"{t.max_steps}")
-  if t.batch_size % t.micro_batch_size:
-    raise UserError(f"--config.train.batch_size {t.batch_size} is not a multiple of "
-                    f"--config.train.micro_batch_size {t.micro_batch_size}")
-  if d.sample < -1 or d.valid_sample < -1:
-    raise UserError("--config.data.sample / valid_sample must be -1 (all) or >= 0")
-  mode_of(config)
-  if not 0.0 <= config.lora.dropout < 1.0:
-    raise UserError(f"--config.lora.dropout must be in [0, 1), got {config.lora.dropout}")
-  lora_config_of(config)
-  for name in ("dtype", "param_dtype"):
-    if config.model[name] not in _DTYPES:
-      raise UserError(f"--config.model.{name} must be one of {_DTYPES}, got "
-                      f"{config.model[name]!r}")
-  if config.model.matmul_dtype not in ("",) + _DTYPES:
-    raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
-                    f"{config.model.matmul_dtype!r}")
-  if config.model.path:
-    files.check_filesystem(config.model.path, "--config.model.path")
-  if config.model.path and not files.exists(config.model.path):
-    raise UserError(f"--config.model.path {config.model.path}: not found (a .gguf file or an HF "
-                    "directory)")
-  if len(tuple(config.mesh.shape)) != len(parallel.MESH_AXES):
-    raise UserError(f"--config.mesh.shape {tuple(config.mesh.shape)} needs one size per axis "
-                    f"{parallel.MESH_AXES}")
-  if check_devices:
-    n = num_devices if num_devices is not None else jax.device_count()
-    shape = parallel.resolve_mesh_shape(tuple(config.mesh.shape), n)
-    dp = shape[0] * shape[1]
-    if t.batch_size % (t.micro_batch_size * dp):
-      raise UserError(f"--config.train.batch_size {t.batch_size} must be a multiple of "
-                      f"micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp}")
-    if dp % jax.process_count():
-      raise UserError(f"the data-parallel size {dp} (mesh data x fsdp) must be a multiple of the "
-                      f"{jax.process_count()} processes: each process feeds its own rows")
-  if need_data:
-    dirs = data_dirs(config)
-    if not dirs:
-      raise UserError("--config.data.dir is empty: give a directory written by "
-                      "launch/prepare_data.py")
-    for directory in dirs:
-      for split in ("train", d.valid_split):
-        path = os.path.join(directory, f"{split}.json")
-        if split and not files.exists(path):
-          raise UserError(f"{path}: not found (run launch/prepare_data.py, or set "
-                          "--config.data.dir / --config.data.valid_split)")
+  """`config.check` (the one checker), by default with the run's data directories and devices."""
+  config_lib.check(config, need_data=need_data, check_devices=check_devices,
+                   num_devices=num_devices)
 
 
 def _load_data(config, tokenizer):

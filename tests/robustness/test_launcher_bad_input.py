@@ -227,7 +227,7 @@ def test_unquoted_name_list_is_split_into_names(tmp_path):
   # the message names the one misspelt module.
   r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
            "--config.lora.targets=q_proj,vproj")
-  flat = _refused(r, "--config.lora.targets: unknown module(s) ['vproj']")
+  flat = _refused(r, "--config.lora: unknown LoRA target(s) ['vproj']")
   assert "q_proj,vproj" not in flat
 
 
