@@ -17,9 +17,10 @@ preemption, a bigger cluster) embeds only the shards whose .json record is missi
 match the manifest, whatever process count it runs with.
 
 Placement (`place_catalog`) builds the kernel's ItemTable, the padded [N_pad, D + 1] scoring
-rows [2 e, -||e||^2], one device block at a time, from np.load(mmap_mode="r") views of only the
-shards that overlap that block, copied one chunk (CHUNK_BYTES of float32 rows) at a time (each chunk's mapping is
-dropped once copied, so mapped file pages do not pile up in the process's RSS). No process reads
+rows [2 e, -||e||^2], one device block at a time, from only the shards that overlap that block,
+copied one chunk (CHUNK_BYTES of float32 rows) at a time through files.npy_rows: a local shard's
+np.load(mmap_mode="r") mapping is dropped once copied, so mapped file pages do not pile up in
+the process's RSS; a shard on an object store (gs://) is read by byte range. No process reads
 a row another process's devices hold; its peak host memory is its share of the table plus one
 device block (plus one chunk). Popularity [N] and CF scores [Q, N] are placed the same way
 (`place_item_vector`, `place_cf`), from anything that slices (a memory-mapped .npy) or a callable
