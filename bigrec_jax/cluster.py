@@ -37,10 +37,13 @@ def tpu_commands(*, tpu_name: str, zone: str, project: str, accelerator_type: st
   if create:
     cmds.append(base + ["create", tpu_name, *where, f"--accelerator-type={accelerator_type}",
                         f"--version={runtime_version}"] + (["--spot"] if spot else []))
+  # A gs:// workdir is reached through gcsfs (bigrec_jax/files.py); the run refuses to start
+  # without it, so install it with everything else.
+  remote_fs = " gcsfs" if workdir.startswith("gs://") else ""
   install = (f"set -e; [ -d bigrec_jax ] || git clone --branch {shlex.quote(branch)} "
              f"{shlex.quote(repo_url)} bigrec_jax; cd bigrec_jax && git pull --ff-only && "
              "python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt "
-             "'jax[tpu]==0.10.2' && .venv/bin/pip install -q --no-deps -e . && "
+             f"'jax[tpu]==0.10.2'{remote_fs} && .venv/bin/pip install -q --no-deps -e . && "
              ".venv/bin/python -m bigrec_jax.assets")
   run = f"cd bigrec_jax && .venv/bin/python {_job_args(config, workdir, overrides)}"
   for command in (install, run):

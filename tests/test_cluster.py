@@ -24,6 +24,8 @@ def test_tpu_dry_run_prints_create_install_run():
   assert "--accelerator-type=v4-32" in argv[0]
   for a in argv[1:]:
     assert a[4] == "ssh" and "--worker=all" in a
+  install = [a for a in argv[1] if a.startswith("--command=")][0]
+  assert " gcsfs " in install  # the gs:// workdir's filesystem backend
   run = [a for a in argv[2] if a.startswith("--command=")][0]
   assert "launch/pipeline.py" in run and "--workdir=gs://b/run" in run and "--config.seed=1" in run
 
