@@ -400,6 +400,24 @@ def define_config_file(name: str = "config", default: str = "configs/default.py"
     if isinstance(e, (AttributeError, KeyError, ValueError, TypeError, OSError, flags.Error)):
       fail(f"--{name}: {e} (see the config file for every field)")
     raise
+def define_flags_from(section, helps: dict[str, str],
+                      choices: dict[str, Iterable[str]] | None = None) -> dict[str, Any]:
+  """One flag per `helps` entry, named like the config field and defaulting to its value in
+  `section` (a configs/default.py section), so a launcher's flags and the pipeline's fields
+  share one default; a field with `choices` is an enum flag. Returns {name: flag holder}."""
+  define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+            str: flags.DEFINE_string}
+  holders = {}
+  for name, help_text in helps.items():
+    value = section[name]
+    if choices and name in choices:
+      holders[name] = flags.DEFINE_enum(name, value, list(choices[name]), help_text)
+    else:
+      holders[name] = define[type(value)](name, value, help_text)
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
+  return holders
+
+
 def define_multihost_flags() -> Callable[[], None]:
   """--coordinator_address/--num_processes/--process_id; returns the function that applies them.
 

@@ -13,10 +13,14 @@ first) and `predict_scores` to --output, atomically.
 from __future__ import annotations
 
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import flags, logging
 
-from bigrec_jax import cli, parallel
+from bigrec_jax import cli, config as config_lib, parallel
+from configs import default as default_config
 from bigrec_jax.files import UserError
 from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES, GenerateOptions, run
 
@@ -28,53 +32,49 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the tokenize
                                  "a --model whose own are missing (default: the model's).")
 _ADAPTER = flags.DEFINE_string("adapter", None, "LoRA adapter: a PEFT directory or a training "
                                "workdir with adapter/ (merged into the weights before decoding).")
-_NUM_BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams (1 = greedy).")
 _NUM_RETURN = flags.DEFINE_integer("num_return_sequences", None,
                                    "Predictions per row (default: num_beams).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Most generated tokens per prediction.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per batch (global, over all devices).")
-_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Score = log-prob / length ** this.")
-_EARLY_STOPPING = flags.DEFINE_boolean("early_stopping", False,
-                                       "Stop a row once it has num_beams finished hypotheses.")
-_CONSTRAINED = flags.DEFINE_boolean("constrained", False, "Only generate catalog titles "
-                                    "(prefix trie over --items; beyond the paper).")
-_STOP_QUOTE = flags.DEFINE_boolean("stop_at_closing_quote", False, "End a prediction at the "
-                                  "closing quote of its title, as if EOS came next (beyond the "
-                                  "paper; the text is cut after the quote).")
-_SHARE_PREFIX = flags.DEFINE_boolean("share_prompt_prefix", True, "Run the tokens every prompt "
-                                    "opens with (the instruction) once per batch, not per row.")
 _ITEMS = flags.DEFINE_string("items", None, "items.tsv (or its prepared-data directory) for "
                              "--constrained.")
-_BUCKET = flags.DEFINE_integer("bucket_multiple", 32, "Prompts are padded to a multiple of this "
-                               "(one compiled program per length).")
-_MAX_PROMPT = flags.DEFINE_integer("max_prompt_len", 0, "Longest prompt in tokens (0: the "
-                                   "model's context minus max_new_tokens).")
-_TRUNCATE = flags.DEFINE_boolean("truncate_long_prompts", False, "Drop the oldest tokens of a "
-                                 "too long prompt with a warning instead of failing.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _MATMUL_DTYPE = flags.DEFINE_enum("matmul_dtype", "", ["", "float32", "bfloat16"], "Operands of "
                                   "the weight matmuls ('' = --dtype), accumulated in float32; "
                                   "bfloat16 runs them on AMX on recent Xeon CPUs.")
 _MESH = flags.DEFINE_list("mesh_shape", ["-1", "1", "1"], "Mesh (data, fsdp, tensor).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar over batches.")
-# Catalog-aware decoding (generate/guide.py; with --constrained; off by default = the reference).
-_RENORMALIZE = flags.DEFINE_boolean("renormalize", False, "Renormalise each constrained step's "
-                                    "log-probs over the allowed trie children (a forced token "
-                                    "costs 0).")
-_EXCLUDE = flags.DEFINE_enum("exclude_history", "none", list(EXCLUDE_MODES), "Leave items the "
-                             "row's user already had out of its trie: shown = history_item_ids, "
-                             "all_past = every item of the user's earlier examples in --items' "
-                             "prepared splits.")
-_ASSISTANT = flags.DEFINE_enum("assistant", "none", list(ASSISTANTS), "Guide the beams with an "
-                               "assistant's item probabilities (mostpop: popularity.json next to "
-                               "--items; CF models: --assistant_scores).")
 _ASSISTANT_SCORES = flags.DEFINE_string("assistant_scores", None, "A baseline's exported score "
                                         "matrix for the --input rows (baselines/<model>/"
                                         "scores_<split>.npy).")
-_GUIDANCE = flags.DEFINE_float("guidance", 1.0, "alpha: step score alpha * log p_LLM + "
-                               "(1 - alpha) * log q_assistant (1 = LLM alone, 0 = assistant).")
-_TEMPERATURE = flags.DEFINE_float("assistant_temperature", 1.0, "CF assistants: softmax of "
-                                  "scores / this.")
+# The options the pipeline sets with --config.generate.*: same names, defaults from the config.
+_OPT = cli.define_flags_from(default_config.get_config().generate, {
+    "num_beams": "Beams (1 = greedy).",
+    "max_new_tokens": "Most generated tokens per prediction.",
+    "batch_size": "Prompts per batch (global, over all devices).",
+    "length_penalty": "Score = log-prob / length ** this.",
+    "early_stopping": "Stop a row once it has num_beams finished hypotheses.",
+    "constrained": "Only generate catalog titles (prefix trie over --items; beyond the paper).",
+    "stop_at_closing_quote": "End a prediction at the closing quote of its title, as if EOS "
+                             "came next (beyond the paper; the text is cut after the quote).",
+    "share_prompt_prefix": "Run the tokens every prompt opens with (the instruction) once per "
+                           "batch, not per row.",
+    "bucket_multiple": "Prompts are padded to a multiple of this (one compiled program per "
+                       "length).",
+    "max_prompt_len": "Longest prompt in tokens (0: the model's context minus max_new_tokens).",
+    "truncate_long_prompts": "Drop the oldest tokens of a too long prompt with a warning "
+                             "instead of failing.",
+    # Catalog-aware decoding (generate/guide.py; with --constrained; off by default).
+    "renormalize": "Renormalise each constrained step's log-probs over the allowed trie "
+                   "children (a forced token costs 0).",
+    "exclude_history": "Leave items the row's user already had out of its trie: shown = "
+                       "history_item_ids, all_past = every item of the user's earlier examples "
+                       "in --items' prepared splits.",
+    "assistant": "Guide the beams with an assistant's item probabilities (mostpop: "
+                 "popularity.json next to --items; CF models: --assistant_scores).",
+    "guidance": "alpha: step score alpha * log p_LLM + (1 - alpha) * log q_assistant (1 = LLM "
+                "alone, 0 = assistant).",
+    "assistant_temperature": "CF assistants: softmax of scores / this.",
+}, choices={"exclude_history": EXCLUDE_MODES, "assistant": ASSISTANTS})
+_NUM_BEAMS, _CONSTRAINED = _OPT["num_beams"], _OPT["constrained"]
 _INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
@@ -87,8 +87,9 @@ def _check_flags() -> None:
                     "directory)")
   for flag in (_ITEMS, _MODEL, _ADAPTER):
     cli.input_path(flag, flag.value, required=False)
-  for flag, low in ((_NUM_BEAMS, 1), (_NUM_RETURN, 1), (_MAX_NEW, 1), (_BATCH, 1), (_BUCKET, 1),
-                    (_MAX_PROMPT, 0)):
+  for flag, low in ((_NUM_BEAMS, 1), (_NUM_RETURN, 1), (_OPT["max_new_tokens"], 1),
+                    (_OPT["batch_size"], 1), (_OPT["bucket_multiple"], 1),
+                    (_OPT["max_prompt_len"], 0)):
     if flag.value is not None and flag.value < low:
       raise UserError(f"--{flag.name}={flag.value}: must be >= {low}")
   if _ASSISTANT_SCORES.value:
@@ -110,17 +111,9 @@ def main(argv: list[str]) -> None:
   except ValueError:
     raise UserError(f"--mesh_shape: expected integers, got {_MESH.value}") from None
   _INIT_DISTRIBUTED()
-  options = GenerateOptions(
-      num_beams=_NUM_BEAMS.value,
-      num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value,
-      max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
-      length_penalty=_LENGTH_PENALTY.value, early_stopping=_EARLY_STOPPING.value,
-      constrained=_CONSTRAINED.value, stop_at_closing_quote=_STOP_QUOTE.value,
-      bucket_multiple=_BUCKET.value, share_prompt_prefix=_SHARE_PREFIX.value,
-      max_prompt_len=_MAX_PROMPT.value, truncate_long_prompts=_TRUNCATE.value,
-      progress=_PROGRESS.value, renormalize=_RENORMALIZE.value,
-      exclude_history=_EXCLUDE.value, assistant=_ASSISTANT.value, guidance=_GUIDANCE.value,
-      assistant_temperature=_TEMPERATURE.value)
+  options = config_lib.options(
+      GenerateOptions, {name: flag.value for name, flag in _OPT.items()},
+      num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value, progress=_PROGRESS.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
                 adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
                 mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value,
