@@ -223,8 +223,9 @@ _READS = {
                 "data.sample"),
     "train": ("seed", "model", "lora", "train", "data.extra_train_dirs", "data.sample",
               "data.cutoff_len", "data.train_on_inputs", "data.group_by_length",
-              "data.bucket_multiple", "data.valid_split", "data.valid_sample"),
-    "generate": ("model", "generate"),
+              "data.bucket_multiple", "data.valid_split", "data.valid_sample",
+              "data.prompt_template"),
+    "generate": ("model", "generate", "data.prompt_template"),
     "baselines": ("seed", "baselines", "data.sample"),
     "evaluate": ("model", "ground"),
     "report": ("pipeline.compare",),
@@ -247,18 +248,22 @@ def _stage_config(config, name: str) -> dict[str, Any]:
       flat[prefix] = json.loads(json.dumps(value))
 
   whole = config.to_dict()
-  for field in _READS[name]:
+  # An alpha grid is chosen on grounded valid rows: generation then reads the grounding fields.
+  extra = ("ground",) if name == "generate" and config.generate.guidance_grid else ()
+  for field in _READS[name] + extra:
     node = whole
     for part in field.split("."):
-      node = node[part]
-    walk(field, node)
+      node = node.get(part) if isinstance(node, dict) else None
+    if node is not None:
+      walk(field, node)
   return flat
 
 
 def _stage_inputs(config, name: str) -> tuple[str, ...]:
   """The stages whose outputs `name` reads (the markers its own records)."""
   cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
-  reads_baselines = {"generate": config.generate.assistant not in ("none", "mostpop"),
+  order = stage_order(config)  # baselines run first when generation reads them
+  reads_baselines = {"generate": order.index("baselines") < order.index("generate"),
                      "evaluate": bool(cf), "report": True}
   return _NEEDS.get(name, ()) + (("baselines",) if reads_baselines.get(name) else ())
 

@@ -86,3 +86,14 @@ def test_a_cheap_stage_is_redone_and_old_markers_pass(ran, tmp_path):
   _go(tmp_path, generate__num_beams=8, generate__num_return_sequences=8)
   assert ran == []
   assert os.path.exists(tmp_path / "stages" / "train.json")
+
+
+def test_generation_with_an_alpha_grid_reads_the_grounding_fields(ran, tmp_path):
+  _go(tmp_path, generate__guidance_grid=(0.5, 1.0))
+  _go(tmp_path, generate__guidance_grid=(0.5, 1.0))  # unchanged: skipped
+  with pytest.raises(UserError, match="stage generate .*ground.pop_gammas"):
+    _go(tmp_path, generate__guidance_grid=(0.5, 1.0), ground__pop_gammas=(0.0, 1.0))
+  # Without a grid, generation does not read them: only evaluate is stale.
+  _go(tmp_path / "plain")
+  with pytest.raises(UserError, match="stage evaluate .*ground.pop_gammas"):
+    _go(tmp_path / "plain", ground__pop_gammas=(0.0, 1.0))
