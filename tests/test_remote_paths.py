@@ -96,6 +96,40 @@ def test_sharded_catalog_reads_row_ranges_from_the_bucket(bucket):
   assert os.listdir(bucket) == []
 
 
+def test_adapters_and_hf_checkpoints_are_swapped_into_the_bucket_and_read_back(bucket):
+  import jax
+
+  from bigrec_jax.model import LlamaConfig, LoraConfig, export, loading, lora as lora_lib
+  from bigrec_jax.model.llama import abstract_variables
+  from bigrec_jax.train.loop import _write_then_swap
+
+  config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
+                       num_heads=2, num_kv_heads=1, head_dim=8, tie_word_embeddings=False)
+  lora_config = LoraConfig(rank=2, alpha=4.0, dropout=0.0)
+  rng = np.random.default_rng(0)  # random trees of the right shapes (no init to compile)
+  lora = {"layers": {name: {"a": rng.standard_normal((2, d_in, 2), np.float32),
+                            "b": rng.standard_normal((2, 2, d_out), np.float32)}
+                     for name, (d_in, d_out) in lora_lib.target_dims(config).items()
+                     if name in lora_config.targets}}
+  for _ in range(2):  # the second export replaces the first one in place
+    _write_then_swap("gs://b/run/train/adapter", lambda tmp: lora_lib.export_peft(
+        tmp, lora, lora_config, config, base_model=""))
+  assert files.listdir("gs://b/run/train") == ["adapter"]
+  imported, imported_config = lora_lib.import_peft("gs://b/run/train/adapter", config)
+  assert imported_config.rank == 2
+  np.testing.assert_allclose(imported["layers"]["q_proj"]["a"], lora["layers"]["q_proj"]["a"])
+
+  params = jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape, np.float32),
+                                  abstract_variables(config)[0]["params"])
+  _write_then_swap("gs://b/run/train/model", lambda tmp: export.save_pretrained(tmp, params, config))
+  assert files.listdir("gs://b/run/train/model") == ["config.json", "model.safetensors"]
+  with files.local_copy("gs://b/run/train/model") as local:  # what load_model reads
+    loaded = loading._build_params(config, loading._SafetensorsDir(local), None)
+  np.testing.assert_array_equal(loaded["embed"], params["embed"])
+  assert not [k for k in FakeGCS.store if k.endswith(".tmp")]
+  assert os.listdir(bucket) == []
+
+
 def test_cli_checks_a_remote_workdir_without_touching_the_local_disk(bucket):
   files.write_json("gs://b/run/metrics.json", {})
   assert cli.output_dir("--workdir", "gs://b/run") == "gs://b/run"
