@@ -243,8 +243,9 @@ def _upload(local: str, target: str) -> None:
     with open(local, "rb") as src, staged.open("wb") as dst:
       shutil.copyfileobj(src, dst, 1 << 24)
     staged.replace(target)
-  finally:
-    staged.unlink(missing_ok=True)
+  except BaseException:
+    staged.unlink(missing_ok=True)  # no stray .tmp object from a failed upload
+    raise
 
 
 @contextlib.contextmanager
