@@ -116,6 +116,10 @@ def _check_pipeline(config) -> None:
       files.check_filesystem(path, f"--config.{flag}")
       if not files.exists(path):
         raise UserError(f"--config.{flag}={path}: no such file or directory")
+  for flag in ("model.tokenizer", "ground.embedding_cache"):  # read or written by later stages
+    section, field = flag.split(".")
+    if config[section].get(field):
+      files.check_filesystem(config[section][field], f"--config.{flag}")
   ks = list(config.ground.ks)
   if ks != sorted(set(ks)) or not ks or ks[0] < 1:
     raise UserError(f"--config.ground.ks={ks}: must be positive, sorted and unique")

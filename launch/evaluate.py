@@ -72,7 +72,8 @@ def _check_flags() -> None:
   for flag in (_CF_VALID, _CF_TEST):
     for path in flag.value:
       cli.input_file(flag, path, "a .npy score matrix")
-  cli.input_path(_MODEL, _MODEL.value, required=False)
+  for flag in (_MODEL, _TOKENIZER):
+    cli.input_path(flag, flag.value, required=False)
   for flag in (_EMBED_BATCH, _QUERY_BATCH, _GAMMA_BATCH):
     if flag.value is not None and flag.value < 1:
       raise UserError(f"--{flag.name}={flag.value}: must be >= 1")

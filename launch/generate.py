@@ -85,7 +85,7 @@ def _check_flags() -> None:
   if _CONSTRAINED.value and not _ITEMS.value:
     raise UserError("--constrained needs --items (the catalog's items.tsv or its prepared-data "
                     "directory)")
-  for flag in (_ITEMS, _MODEL, _ADAPTER):
+  for flag in (_ITEMS, _MODEL, _ADAPTER, _TOKENIZER):
     cli.input_path(flag, flag.value, required=False)
   for flag, low in ((_NUM_BEAMS, 1), (_NUM_RETURN, 1), (_OPT["max_new_tokens"], 1),
                     (_OPT["batch_size"], 1), (_OPT["bucket_multiple"], 1),

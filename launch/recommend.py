@@ -43,7 +43,7 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; pass titles with --liked")
   cli.input_dir(_DATA, _DATA.value, "a directory written by launch/prepare_data.py")
-  for flag in (_ADAPTER, _MODEL):
+  for flag in (_ADAPTER, _MODEL, _TOKENIZER):
     cli.input_path(flag, flag.value, required=False)
   for flag, low in ((_K, 1), (_BEAMS, 1), (_NEW, 1), (_GAMMA, 0)):
     if flag.value < low:
