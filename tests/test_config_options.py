@@ -119,3 +119,18 @@ def test_one_checker_fails_the_same_way_for_every_entry_point(overrides, needle)
       check(c)
     messages.append(str(e.value))
   assert needle in messages[0] and len(set(messages)) == 1, messages
+
+
+def test_lora_targets_are_names_all_linear_or_a_regex():
+  from bigrec_jax.model.config import LORA_TARGETS, PROJECTIONS
+  from bigrec_jax.train import loop
+
+  assert LORA_TARGETS == tuple(PROJECTIONS) and PROJECTIONS["down_proj"] == "mlp.down_proj"
+  for override, want in (("--config.lora.targets=all-linear", LORA_TARGETS),
+                         ("--config.lora.targets=(q|v)_proj", ("q_proj", "v_proj")),
+                         ("--config.lora.targets=('v_proj','q_proj')", ("q_proj", "v_proj")),
+                         ("--config.lora.targets=.*_proj", LORA_TARGETS)):
+    c = _config(override)
+    config_lib.check(c)
+    assert loop.lora_config_of(c).targets == want, override
+    assert loop.made_with(c)["lora.targets"] == want

@@ -6,7 +6,34 @@ from typing import Any
 
 import jax.numpy as jnp
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The one table of a decoder layer's projections: our name -> its module path in an HF/PEFT
+# layer. The LoRA targets, PEFT key names and HF loading/export all derive from it.
+PROJECTIONS = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+               "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
+               "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"}
+LORA_TARGETS = tuple(PROJECTIONS)
+
+
+def resolve_targets(targets) -> tuple[str, ...]:
+  """lora.targets as names, "all-linear" (every projection, as PEFT and Levanter) or regexes
+  matched against the names (e.g. ".*_proj", "(q|v)_proj") -> names in LORA_TARGETS order."""
+  import re
+
+  specs = [targets] if isinstance(targets, str) else list(targets)
+  chosen = set()
+  for spec in specs:
+    if spec == "all-linear":
+      chosen.update(LORA_TARGETS)
+      continue
+    try:
+      matched = {n for n in LORA_TARGETS if re.fullmatch(spec, n)}
+    except re.error:
+      matched = set()
+    if not matched:
+      raise ValueError(f"unknown LoRA target(s) [{spec!r}]; choose from {LORA_TARGETS}, "
+                       "\"all-linear\" or a regex over them")
+    chosen |= matched
+  return tuple(n for n in LORA_TARGETS if n in chosen)
 
 
 @dataclasses.dataclass(frozen=True)

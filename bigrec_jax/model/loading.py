@@ -20,13 +20,11 @@ import numpy as np
 
 from bigrec_jax import assets, files
 from bigrec_jax.files import UserError, atomic_path, write_json
-from bigrec_jax.model.config import LlamaConfig
+from bigrec_jax.model.config import PROJECTIONS, LlamaConfig
 from bigrec_jax.model.llama import abstract_variables
 
 _HF_LAYER = {"input_norm": "input_layernorm", "post_norm": "post_attention_layernorm",
-             "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
-             "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
-             "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"}
+             **PROJECTIONS}
 _GGUF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
                "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",

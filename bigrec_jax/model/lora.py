@@ -16,10 +16,8 @@ import numpy as np
 
 from bigrec_jax import files
 from bigrec_jax.files import UserError, atomic_path, write_json
-from bigrec_jax.model.config import LORA_TARGETS, LlamaConfig, LoraConfig
+from bigrec_jax.model.config import LORA_TARGETS, PROJECTIONS, LlamaConfig, LoraConfig
 
-_MODULE_OF = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-              "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 
 
 def init_lora(config: LlamaConfig, lora_config: LoraConfig, rng) -> dict:
@@ -79,7 +77,7 @@ def export_peft(path: str, lora: dict, lora_config: LoraConfig, config: LlamaCon
   for name, ab in lora["layers"].items():
     a, b = np.asarray(ab["a"], np.float32), np.asarray(ab["b"], np.float32)
     for i in range(a.shape[0]):
-      prefix = f"base_model.model.model.layers.{i}.{_MODULE_OF[name]}.{name}"
+      prefix = f"base_model.model.model.layers.{i}.{PROJECTIONS[name]}"
       tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[i].T)
       tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
   # A module whose rank differs from lora_config.rank (an imported rank_pattern) keeps the
@@ -212,7 +210,7 @@ def _peft_module_names(config: LlamaConfig) -> tuple[dict[str, tuple[str, int]],
                       "model.layers"]
   for i in range(config.num_layers):
     for name in LORA_TARGETS:
-      ours[f"model.layers.{i}.{_MODULE_OF[name]}.{name}"] = (name, i)
+      ours[f"model.layers.{i}.{PROJECTIONS[name]}"] = (name, i)
     others += [f"model.layers.{i}{s}" for s in ("", ".self_attn", ".mlp", ".mlp.act_fn",
                                                  ".input_layernorm", ".post_attention_layernorm")]
   return ours, others
@@ -292,7 +290,7 @@ def _import_module(name: str, per_layer: dict[int, tuple], tensors: dict, used: 
   a = np.zeros((config.num_layers, d_in, rank), np.float32)
   b = np.zeros((config.num_layers, rank, d_out), np.float32)
   for i, (r, own_scale) in per_layer.items():
-    prefix = f"base_model.model.model.layers.{i}.{_MODULE_OF[name]}.{name}"
+    prefix = f"base_model.model.model.layers.{i}.{PROJECTIONS[name]}"
     names = (f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight")
     missing = [n for n in names if n not in tensors]
     if missing:

@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from bigrec_jax import config as config_lib, files, parallel
 from bigrec_jax.files import UserError
 from bigrec_jax.model import LoraConfig, export as export_lib, lora as lora_lib
+from bigrec_jax.model.config import resolve_targets
 from bigrec_jax.train import checkpoint as ckpt_lib
 from bigrec_jax.train import optimizer as opt_lib
 from bigrec_jax.train import step as step_lib
@@ -69,7 +70,8 @@ def mode_of(config) -> str:
 def lora_config_of(config) -> LoraConfig:
   try:
     return LoraConfig(rank=int(config.lora.rank), alpha=float(config.lora.alpha),
-                      dropout=float(config.lora.dropout), targets=tuple(config.lora.targets))
+                      dropout=float(config.lora.dropout),
+                      targets=resolve_targets(config.lora.targets))
   except ValueError as e:
     raise UserError(f"--config.lora: {e}") from None
 
@@ -78,7 +80,8 @@ def made_with(config) -> dict[str, Any]:
   """The config fields a checkpoint's trainable tree depends on (besides train.mode)."""
   if mode_of(config) == "full":
     return {}
-  return {f"lora.{k}": config.lora[k] for k in ("rank", "alpha", "dropout", "targets")}
+  return {**{f"lora.{k}": config.lora[k] for k in ("rank", "alpha", "dropout")},
+          "lora.targets": lora_config_of(config).targets}  # "all-linear" = the seven names
 
 
 def data_dirs(config) -> list[str]:
