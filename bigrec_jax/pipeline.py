@@ -87,11 +87,22 @@ def _check_decoding(config) -> None:
   for a in tuple(g.guidance_grid) + (g.guidance,):
     if not 0 <= a <= 1:
       raise UserError(f"--config.generate.guidance(_grid): alpha {a} is not in [0, 1]")
+  if g.guidance_grid:
+    method, _, metric = g.guidance_metric.partition("/")
+    cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
+    methods = ["bigrec", "bigrec+pop"] + [f"{p}{m}" for m in cf
+                                          for p in ("bigrec+cf:", "bigrec+pop+cf:")]
+    metrics = [f"{n}@{k}" for k in config.ground.ks for n in ("NDCG", "HR")]
+    if method not in methods or metric not in metrics:
+      raise UserError(f"--config.generate.guidance_metric={g.guidance_metric!r}: expected "
+                      f"method/metric with a method of {methods} and a metric of {metrics}")
 
 
 def stage_order(config) -> tuple[str, ...]:
   """STAGES, with baselines before generate when the search is guided by one of them."""
-  if config.generate.get("assistant", "none") in ("none", "mostpop"):
+  g = config.generate
+  cf_metric = g.guidance_grid and "+cf:" in g.guidance_metric  # alpha chosen with CF grounding
+  if g.get("assistant", "none") in ("none", "mostpop") and not cf_metric:
     return STAGES
   return ("prepare", "train", "baselines", "generate", "evaluate", "report")
 
@@ -158,7 +169,7 @@ def generate_stage(config, paths: Paths) -> dict:
         os.path.join(paths.baseline_dir(options.assistant), f"scores_{split}_5000.npy")
         for split in splits]
   if options.assistant != "none" and g.guidance_grid:
-    guided.update(alpha_grid=tuple(g.guidance_grid), alpha_metric=compare.beam_title_ndcg)
+    guided.update(alpha_grid=tuple(g.guidance_grid), alpha_metric=_alpha_metric(config, paths))
   summaries = runner.run_files(
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
        for split in splits], options, model_path=config.model.path or None,
@@ -166,6 +177,9 @@ def generate_stage(config, paths: Paths) -> dict:
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
       matmul_dtype=config.model.matmul_dtype,
       tokenizer=config.model.tokenizer or None, **guided)
+  if guided["alpha_grid"]:
+    for summary in summaries:
+      summary["decoding"]["alpha_metric"] = g.guidance_metric
   return dict(zip(splits, summaries))
 
 
@@ -190,11 +204,21 @@ def baselines_stage(config, paths: Paths, log, fresh: bool = False) -> dict:
   return {"runs": out}
 
 
-def evaluate_stage(config, paths: Paths, log) -> dict:
-  from bigrec_jax.evaluate.run import EvaluateOptions, evaluate_predictions
+def _alpha_metric(config, paths: Paths) -> Callable[[list[dict]], float]:
+  """Generated valid rows -> `generate.guidance_metric` ("method/metric") after grounding them as
+  the evaluate stage does (gammas tuned on the same valid rows): alpha is chosen like gamma."""
+  from bigrec_jax.evaluate import run as evaluate_run
+
+  method, metric = config.generate.guidance_metric.split("/")
+  return evaluate_run.valid_scorer(_evaluate_options(config, paths), method, metric,
+                                   log=lambda m: None)
+
+
+def _evaluate_options(config, paths: Paths):
+  from bigrec_jax.evaluate.run import EvaluateOptions
 
   cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
-  opts = config_lib.options(
+  return config_lib.options(
       EvaluateOptions, config.ground,
       data_dir=paths.data, valid_predictions=paths.predictions_file("valid"),
       test_predictions=paths.predictions_file("test"), out_dir=paths.eval,
@@ -203,7 +227,12 @@ def evaluate_stage(config, paths: Paths, log) -> dict:
       cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
       cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
       beam=0, mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
-  metrics = evaluate_predictions(opts, log=log)
+
+
+def evaluate_stage(config, paths: Paths, log) -> dict:
+  from bigrec_jax.evaluate.run import evaluate_predictions
+
+  metrics = evaluate_predictions(_evaluate_options(config, paths), log=log)
   return {"methods": list(metrics["methods"])}
 
 
@@ -436,7 +465,7 @@ def write_report(config, paths: Paths) -> str:
     decoding = gen.get("valid", {}).get("decoding")
     if decoding:
       grid = decoding.get("alpha_grid")
-      chosen = ("; alpha chosen on the valid rows' beam-title NDCG among "
+      chosen = (f"; alpha chosen on the valid rows' grounded {decoding.get('alpha_metric')}: "
                 + ", ".join(f"{a}: {m:.4f}" for a, m in grid.items())) if grid else ""
       lines.append(f"- decoding: renormalize={decoding['renormalize']}, exclude_history="
                    f"{decoding['exclude_history']}, assistant={decoding['assistant']} "

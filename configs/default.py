@@ -107,9 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.generate.assistant = "none"  # none | mostpop | sasrec | gru4rec | caser | dros (runs baselines first)
   c.generate.guidance = 1.0  # alpha: alpha * log p_LLM + (1 - alpha) * log q (1 = LLM alone)
   c.generate.assistant_temperature = 1.0  # CF assistants: softmax(scores / temperature)
-  # With an assistant: alphas tried on the valid rows (best valid beam-title NDCG is used for
-  # both splits); () = just `guidance`. E.g. (0.0, 0.25, 0.5, 0.75, 1.0).
+  # With an assistant: alphas tried on the valid rows; the one whose grounded valid
+  # `guidance_metric` is best (gammas tuned on the same rows, as for the test split) is used for
+  # both splits; () = just `guidance`. E.g. (0.0, 0.25, 0.5, 0.75, 1.0).
   c.generate.guidance_grid = ()
+  c.generate.guidance_metric = "bigrec/NDCG@10"  # method/metric of metrics.json
 
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16

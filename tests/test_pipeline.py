@@ -205,10 +205,17 @@ def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
   assert pipeline.stage_order(config).index("baselines") < pipeline.stage_order(config).index(
       "generate")
   r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={guided}",
-           "--stages=generate,report", "--force_stage=generate", "--force_stage=report", *args)
+           "--stages=generate,evaluate,report", "--force_stage=generate",
+           "--force_stage=evaluate", "--force_stage=report", *args)
   assert r.returncode == 0, r.stderr[-3000:]
   decoding = json.load(open(os.path.join(guided, "stages", "generate.json")))["valid"]["decoding"]
-  assert set(decoding["alpha_grid"]) == {"0", "1"} and decoding["guidance"] in (0.0, 1.0)
+  grid = decoding["alpha_grid"]
+  assert set(grid) == {"0", "1"} and decoding["alpha_metric"] == "bigrec/NDCG@10"
+  assert decoding["guidance"] == max((0.0, 1.0), key=lambda a: (grid[f"{a:g}"], a))
+  # the grid's value of the chosen alpha is the grounded valid NDCG@10 the evaluation reports
+  ev = json.load(open(os.path.join(guided, "eval", "metrics.json")))
+  assert grid[f"{decoding['guidance']:g}"] == pytest.approx(
+      ev["methods"]["bigrec"]["valid"]["NDCG@10"], abs=1e-6)
   titles = [line.split("\t", 1)[1].rstrip("\n")
             for line in open(os.path.join(guided, "data", "items.tsv"))]
   for split in ("valid", "test"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import math
 import os
 from typing import Mapping, Sequence
 
@@ -48,20 +47,6 @@ def prediction_stats(rows: Sequence[Mapping], titles: Sequence[str]) -> dict:
           "distinct_titles": len(counts),
           "top_title": top_title, "top_share": top_count / n,
           "history_repeat": repeats / n}
-
-
-def beam_title_ndcg(rows: Sequence[Mapping]) -> float:
-  """Mean over rows of 1 / log2(r + 2), r = the first returned beam spelling the row's target
-  title (`output`), 0 when none does: a grounding-free rating of a generation (the guidance
-  grid uses it on the valid rows)."""
-  total = 0.0
-  for r in rows:
-    target = prompts.unquote(r.get("output", ""))
-    for rank, text in enumerate(r.get("predict") or []):
-      if prompts.single_title(text) == target:
-        total += 1.0 / math.log2(rank + 2)
-        break
-  return total / max(len(rows), 1)
 
 
 def rows_fingerprint(rows: Sequence[Mapping]) -> str:

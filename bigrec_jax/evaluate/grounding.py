@@ -49,6 +49,56 @@ class GroundingResult:
   test_ranks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
+def _searches(items: kernel.ItemTable, valid: SplitInputs, *, ks, pop_grid, cf_grid, both: bool,
+              grid_kw: dict) -> dict[str, tuple[gamma_lib.GammaChoice, str | None]]:
+  """Each injected method's gamma search on the valid split: name -> (choice, its CF source)."""
+  valid_args = (valid.queries, items, valid.predictions.targets)
+  kw = dict(ks=ks, invalid_rows=valid.predictions.empty, **grid_kw, **_beam_kw(valid))
+  pop_choice = gamma_lib.search(*valid_args, vary="pop", grid=pop_grid, **kw)
+  out = {POP: (pop_choice, None)}
+  for source in sorted(valid.cf):
+    cf = signals.cf_weights(valid.cf[source])
+    out[f"bigrec+cf:{source}"] = (
+        gamma_lib.search(*valid_args, vary="cf", grid=cf_grid, cf=cf, **kw), source)
+    if both:
+      out[f"bigrec+pop+cf:{source}"] = (
+          gamma_lib.search_both(*valid_args, cf, pop_choice, cf_grid=cf_grid, **kw), source)
+  return out
+
+
+def _beam_kw(split: SplitInputs) -> dict:
+  return {} if split.beam_weights is None else {"beam_weights": split.beam_weights}
+
+
+def _plain_ranks(split: SplitInputs, items: kernel.ItemTable, top_k: int, query_batch, cf=None,
+                 gp: float = 0.0, gc: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+  """([Q] 0-based target ranks, [Q, top_k] top ids) of one split at one gamma pair."""
+  out = kernel.ground(split.queries, items, k=top_k, targets=split.predictions.targets, cf=cf,
+                      gamma_pop=gp, gamma_cf=gc, query_batch=query_batch, **_beam_kw(split))
+  empty = split.predictions.empty
+  return (np.where(empty, items.num_items, out.target_ranks),
+          np.where(empty[:, None], -1, out.top_ids))
+
+
+def valid_metrics(item_embeddings: np.ndarray, popularity_counts: np.ndarray,
+                  valid: SplitInputs, *, ks: Iterable[int] = DEFAULT_KS, mesh: Mesh | None = None,
+                  pop_grid: Sequence[float] = gamma_lib.POP_GAMMAS,
+                  cf_grid: Sequence[float] = gamma_lib.CF_GAMMAS, both: bool = True,
+                  query_batch: int | None = None, gamma_batch: int = 4
+                  ) -> dict[str, dict[str, float]]:
+  """method -> metric -> its valid value (at the gamma chosen for that metric, as in
+  `evaluate_grounding`): the score a decoding setting is chosen by, before any test row is seen.
+  """
+  ks = tuple(sorted(ks))
+  items = kernel.place_items(item_embeddings, signals.popularity_weights(popularity_counts), mesh)
+  ranks, _ = _plain_ranks(valid, items, min(max(ks), items.num_items), query_batch)
+  out = {PLAIN: ranking_metrics(ranks, ks)}
+  searches = _searches(items, valid, ks=ks, pop_grid=pop_grid, cf_grid=cf_grid, both=both,
+                       grid_kw=dict(query_batch=query_batch, gamma_batch=gamma_batch))
+  out.update({name: choice.valid for name, (choice, _) in searches.items()})
+  return out
+
+
 def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarray,
                        valid: SplitInputs, test: SplitInputs, *, ks: Iterable[int] = DEFAULT_KS,
                        mesh: Mesh | None = None, pop_grid: Sequence[float] = gamma_lib.POP_GAMMAS,
@@ -67,21 +117,10 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
   top_k = min(max(ks), items.num_items)
   plot_metric = plot_metric or ("NDCG@10" if 10 in ks else f"NDCG@{ks[-1]}")
   grid_kw = dict(query_batch=query_batch, gamma_batch=gamma_batch)
-  cf_valid = {n: signals.cf_weights(s) for n, s in valid.cf.items()}
-  cf_test = {n: signals.cf_weights(s) for n, s in test.cf.items()}
-
-  def split_args(split: SplitInputs):
-    return split.queries, items, split.predictions.targets
-
-  def beam_kw(split: SplitInputs):
-    return {} if split.beam_weights is None else {"beam_weights": split.beam_weights}
 
   def ranked(split: SplitInputs, cf=None, gp=0.0, gc=0.0):
-    out = kernel.ground(split.queries, items, k=top_k, targets=split.predictions.targets, cf=cf,
-                        gamma_pop=gp, gamma_cf=gc, query_batch=query_batch, **beam_kw(split))
-    empty = split.predictions.empty
-    ranks = np.where(empty, items.num_items, out.target_ranks)
-    return ranking_metrics(ranks, ks), np.where(empty[:, None], -1, out.top_ids), ranks
+    ranks, top = _plain_ranks(split, items, top_k, query_batch, cf, gp, gc)
+    return ranking_metrics(ranks, ks), top, ranks
 
   methods: dict[str, dict] = {}
   choices: dict[str, gamma_lib.GammaChoice] = {}
@@ -91,32 +130,19 @@ def evaluate_grounding(item_embeddings: np.ndarray, popularity_counts: np.ndarra
   valid_plain, _, _ = ranked(valid)
   test_plain, tops[PLAIN], test_ranks[PLAIN] = ranked(test)
   methods[PLAIN] = {"valid": valid_plain, "test": test_plain}
-
-  def tuned(name: str, choice: gamma_lib.GammaChoice, cf_t=None):
-    test_metrics = gamma_lib.apply(*split_args(test), choice, cf=cf_t, ks=ks,
-                                   invalid_rows=test.predictions.empty, **grid_kw,
-                                   **beam_kw(test))
+  searches = _searches(items, valid, ks=ks, pop_grid=pop_grid, cf_grid=cf_grid, both=both,
+                       grid_kw=grid_kw)
+  for name, (choice, source) in searches.items():
+    cf_t = None if source is None else signals.cf_weights(test.cf[source])
+    test_metrics = gamma_lib.apply(test.queries, items, test.predictions.targets, choice, cf=cf_t,
+                                   ks=ks, invalid_rows=test.predictions.empty, **grid_kw,
+                                   **_beam_kw(test))
     methods[name] = {"valid": choice.valid, "test": test_metrics,
                      "gammas": {m: {"pop": g[0], "cf": g[1]} for m, g in choice.chosen.items()},
                      "search": choice.to_json()}
     choices[name] = choice
     gp, gc = choice.chosen[plot_metric]
     _, tops[name], test_ranks[name] = ranked(test, cf_t, gp, gc)
-
-  pop_choice = gamma_lib.search(*split_args(valid), vary="pop", grid=pop_grid, ks=ks,
-                                invalid_rows=valid.predictions.empty, **grid_kw, **beam_kw(valid))
-  tuned(POP, pop_choice)
-  for source in sorted(cf_valid):
-    cf_choice = gamma_lib.search(*split_args(valid), vary="cf", grid=cf_grid, cf=cf_valid[source],
-                                 ks=ks, invalid_rows=valid.predictions.empty, **grid_kw,
-                                 **beam_kw(valid))
-    tuned(f"bigrec+cf:{source}", cf_choice, cf_test[source])
-    if both:
-      both_choice = gamma_lib.search_both(*split_args(valid), cf_valid[source], pop_choice,
-                                          cf_grid=cf_grid, ks=ks,
-                                          invalid_rows=valid.predictions.empty, **grid_kw,
-                                          **beam_kw(valid))
-      tuned(f"bigrec+pop+cf:{source}", both_choice, cf_test[source])
 
   metrics = {
       "num_items": items.num_items,

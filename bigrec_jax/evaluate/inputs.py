@@ -83,14 +83,23 @@ def read_predictions(path: str, catalog: Catalog, beam: int = 0, beams: int = 1)
   (ground/kernel.py: per-beam min-max distances weighted by beam rank). Rows with fewer
   predictions use the ones they have; a row is empty when none of its beams is usable.
   """
-  if beams < 1 or (beams > 1 and beam != 0):
-    raise ValueError(f"beams={beams} with beam={beam}: several beams always start at predict[0]")
   rows = read_json(path)
   if not isinstance(rows, list) or not rows:
     raise UserError(f"{path}: expected a non-empty JSON list of prediction rows")
+  return predictions_from_rows(rows, catalog, beam, beams, path=path)
+
+
+def predictions_from_rows(rows: list, catalog: Catalog, beam: int = 0, beams: int = 1, *,
+                          path: str | None = None) -> Predictions:
+  """`read_predictions` of rows already in memory (e.g. a decoding setting being tuned).
+
+  path: the file they came from, for line numbers in messages (None: rows made in memory).
+  """
+  if beams < 1 or (beams > 1 and beam != 0):
+    raise ValueError(f"beams={beams} with beam={beam}: several beams always start at predict[0]")
   texts, target_ids, groups, empty, beam_texts = [], [], [], [], []
   for i, row in enumerate(rows):
-    where = lambda: f"{path}:{_row_line(path, i)}: row {i}"
+    where = (lambda: f"{path}:{_row_line(path, i)}: row {i}") if path else (lambda: f"row {i}")
     if not isinstance(row, dict):
       raise UserError(f"{where()}: expected an object, got {type(row).__name__}")
     if "predict" not in row:
@@ -118,7 +127,7 @@ def read_predictions(path: str, catalog: Catalog, beam: int = 0, beams: int = 1)
   targets = np.full((len(rows), width), -1, np.int32)
   for i, g in enumerate(groups):
     targets[i, :len(g)] = g
-  return Predictions(path, texts, np.asarray(target_ids, np.int32), targets,
+  return Predictions(path or "<memory>", texts, np.asarray(target_ids, np.int32), targets,
                      np.asarray(empty, bool), rows, beam_texts if beams > 1 else None)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -70,54 +70,82 @@ def _check(opts: EvaluateOptions) -> None:
       raise UserError(f"{name} must be a non-empty list of non-negative numbers")
 
 
+class _Grounder:
+  """What grounding any prediction rows needs, loaded once: catalog, popularity, base model,
+  the catalog's embeddings (cached) and the mesh."""
+
+  def __init__(self, opts: EvaluateOptions, model=None, log=print):
+    self.opts = opts
+    self.catalog = inputs.read_catalog(opts.data_dir)
+    self.counts = inputs.read_popularity(opts.data_dir, self.catalog.num_items)
+    if max(opts.ks) > self.catalog.num_items:
+      raise UserError(f"--ks {list(opts.ks)}: K cannot exceed the {self.catalog.num_items} "
+                      "catalog items")
+    self.log = log
+    self.mesh = parallel.make_mesh(opts.mesh_shape)
+    self.model = model
+    self.table: np.ndarray | None = None  # [N, D] catalog embeddings, once `load` ran
+
+  def load(self) -> None:
+    """Loads the base model and embeds the catalog (after every input has been checked)."""
+    from bigrec_jax.ground import embed
+
+    if self.table is not None:
+      return
+    if self.model is None:
+      from bigrec_jax.model import load_model
+
+      self.model = load_model(self.opts.model, dtype=self.opts.dtype, mesh=self.mesh,
+                              tokenizer=self.opts.tokenizer)
+    self.embed_kw = dict(batch_size=self.opts.embed_batch_size, mesh=self.mesh,
+                         progress=self.opts.progress)
+    cache = self.opts.embedding_cache or os.path.join(assets.home(), "embeddings")
+    titles = [inputs.clean_text(t) for t in self.catalog.titles]
+    self.table = embed.catalog_embeddings(self.model, titles, cache, log=self.log,
+                                          **self.embed_kw)
+
+  def split(self, name: str, preds: inputs.Predictions, cf: dict) -> grounding.SplitInputs:
+    """The split's predictions embedded by the base model (one query per row, or per beam)."""
+    from bigrec_jax.ground import embed
+
+    desc = f"embedding {name} predictions"
+    if preds.beam_texts is None:
+      queries = embed.embed_texts(self.model, preds.texts, desc=desc, **self.embed_kw)
+      return grounding.SplitInputs(name, queries, preds, cf)
+    queries, weights = _embed_beams(embed, self.model, preds, desc=desc, **self.embed_kw)
+    return grounding.SplitInputs(name, queries, preds, cf, beam_weights=weights)
+
+  def grid_kw(self) -> dict:
+    o = self.opts
+    return dict(ks=o.ks, mesh=self.mesh, pop_grid=o.pop_gammas, cf_grid=o.cf_gammas, both=o.both,
+                query_batch=o.query_batch, gamma_batch=o.gamma_batch)
+
+
 def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
   """Runs the evaluation stage and returns metrics.json's content. `model`: a preloaded one."""
   _check(opts)
   start = time.time()
-  catalog = inputs.read_catalog(opts.data_dir)
-  counts = inputs.read_popularity(opts.data_dir, catalog.num_items)
-  if max(opts.ks) > catalog.num_items:
-    raise UserError(f"--ks {list(opts.ks)}: K cannot exceed the {catalog.num_items} catalog items")
+  g = _Grounder(opts, model, log)
+  catalog = g.catalog
   preds = {s: inputs.read_predictions(p, catalog, opts.beam, opts.beams)
            for s, p in (("valid", opts.valid_predictions), ("test", opts.test_predictions))}
   cf = {"valid": {}, "test": {}}
   for name, v, t in zip(opts.cf_names, opts.cf_valid_scores, opts.cf_test_scores):
     cf["valid"][name] = inputs.read_cf_scores(v, preds["valid"], catalog.num_items)
     cf["test"][name] = inputs.read_cf_scores(t, preds["test"], catalog.num_items)
-
-  mesh = parallel.make_mesh(opts.mesh_shape)
-  if model is None:
-    from bigrec_jax.model import load_model
-
-    model = load_model(opts.model, dtype=opts.dtype, mesh=mesh, tokenizer=opts.tokenizer)
-  from bigrec_jax.ground import embed
-
-  embed_kw = dict(batch_size=opts.embed_batch_size, mesh=mesh, progress=opts.progress)
-  cache = opts.embedding_cache or os.path.join(assets.home(), "embeddings")
-  titles = [inputs.clean_text(t) for t in catalog.titles]
-  table = embed.catalog_embeddings(model, titles, cache, log=log, **embed_kw)
-  splits = {}
-  for s, p in preds.items():
-    if p.beam_texts is None:
-      queries = embed.embed_texts(model, p.texts, desc=f"embedding {s} predictions", **embed_kw)
-      splits[s] = grounding.SplitInputs(s, queries, p, cf[s])
-    else:
-      queries, weights = _embed_beams(embed, model, p, desc=f"embedding {s} predictions",
-                                      **embed_kw)
-      splits[s] = grounding.SplitInputs(s, queries, p, cf[s], beam_weights=weights)
+  g.load()
+  splits = {s: g.split(s, p, cf[s]) for s, p in preds.items()}
   embedded = time.time()
 
-  result = grounding.evaluate_grounding(
-      table, counts, splits["valid"], splits["test"], ks=opts.ks, mesh=mesh,
-      pop_grid=opts.pop_gammas, cf_grid=opts.cf_gammas, both=opts.both,
-      query_batch=opts.query_batch, gamma_batch=opts.gamma_batch)
+  result = grounding.evaluate_grounding(g.table, g.counts, splits["valid"], splits["test"],
+                                        **g.grid_kw())
   result.metrics["inputs"] = {
-      "data_dir": os.path.abspath(opts.data_dir), "model": model.source, "beam": opts.beam,
+      "data_dir": files.abspath(opts.data_dir), "model": g.model.source, "beam": opts.beam,
       "beams": opts.beams,
       "beam_weighting": None if opts.beams == 1 else BEAM_WEIGHTING,
-      "valid_predictions": os.path.abspath(opts.valid_predictions),
-      "test_predictions": os.path.abspath(opts.test_predictions),
-      "cf_scores": {n: {"valid": os.path.abspath(v), "test": os.path.abspath(t)} for n, v, t in
+      "valid_predictions": files.abspath(opts.valid_predictions),
+      "test_predictions": files.abspath(opts.test_predictions),
+      "cf_scores": {n: {"valid": files.abspath(v), "test": files.abspath(t)} for n, v, t in
                     zip(opts.cf_names, opts.cf_valid_scores, opts.cf_test_scores)}}
   result.metrics["seconds"] = {"embedding": round(embedded - start, 2),
                                "grounding": round(time.time() - embedded, 2)}
@@ -125,10 +153,40 @@ def evaluate_predictions(opts: EvaluateOptions, model=None, log=print) -> dict:
                    {m: r.tolist() for m, r in result.test_ranks.items()}, indent=None)
   files.write_json(os.path.join(opts.out_dir, "test_top_items.json"),
                    _top_items(preds["test"], result, catalog), indent=None)
-  report.write_report(opts.out_dir, result, counts, preds["test"].target_ids)
+  report.write_report(opts.out_dir, result, g.counts, preds["test"].target_ids)
   log(report.format_table(result.metrics))
   log(f"[evaluate] wrote {os.path.join(opts.out_dir, 'metrics.json')} and plots")
   return result.metrics
+
+
+def valid_scorer(opts: EvaluateOptions, method: str, metric: str, model=None, log=print
+                 ) -> Callable[[list[dict]], float]:
+  """rows -> the grounded `method`'s valid `metric` of those generated rows (gammas tuned on them,
+  as the evaluation stage tunes them): how the pipeline chooses a decoding setting (alpha) by the
+  metric it reports, on valid rows only. The rows are those of `opts.valid_predictions`' input
+  (CF scores are read for them); the base model and catalog embeddings load on the first call.
+  """
+  _check(opts)
+  g = _Grounder(opts, model, log)
+  names = {grounding.PLAIN, grounding.POP} | {
+      f"{p}{n}" for n in opts.cf_names for p in ("bigrec+cf:", "bigrec+pop+cf:")}
+  if method not in names:
+    raise UserError(f"decoding is chosen by {method!r}, which this evaluation does not compute: "
+                    f"choose from {sorted(names)}")
+
+  def score(rows: list[dict]) -> float:
+    g.load()
+    preds = inputs.predictions_from_rows(rows, g.catalog, opts.beam, opts.beams)
+    cf = {n: inputs.read_score_matrix(v, preds.num_rows, g.catalog.num_items,
+                                      opts.valid_predictions)
+          for n, v in zip(opts.cf_names, opts.cf_valid_scores)}
+    values = grounding.valid_metrics(g.table, g.counts, g.split("valid", preds, cf),
+                                     **g.grid_kw())[method]
+    if metric not in values:
+      raise UserError(f"decoding is chosen by {metric!r}, not among {sorted(values)}")
+    return float(values[metric])
+
+  return score
 
 
 BEAM_WEIGHTING = ("sum over beams r < beams of w_r * minmax_row(D_r), w_r = (1/(r+1)) / sum over "

@@ -1,7 +1,6 @@
 """Generation statistics of the ablation table."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from bigrec_jax.data import prompts
@@ -25,11 +24,10 @@ def test_prediction_stats_fractions_and_top_share():
   assert s["top_title"] == "Heat" and s["top_share"] == pytest.approx(2 / 5)
 
 
-def test_history_repeats_and_beam_title_ndcg():
+def test_history_repeats():
   titles = ["Heat", "Toy Story", "Fargo"]
   rows = [{"predict": ['"Heat"', '"Fargo"'], "history_item_ids": [0], "output": '"Fargo"'},
           {"predict": ['"Fargo"'], "history_item_ids": [0, 1], "output": '"Fargo"'},
           {"predict": ['"Toy Story"'], "history_item_ids": [1], "output": '"Heat"'}]
   s = compare.prediction_stats(rows, titles)
   assert s["history_repeat"] == pytest.approx(2 / 3)
-  assert compare.beam_title_ndcg(rows) == pytest.approx((1 / np.log2(3) + 1.0) / 3)
