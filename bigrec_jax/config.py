@@ -151,6 +151,11 @@ def _check_train(config) -> None:
   for name, value in positive.items():
     if not value > 0:
       raise UserError(f"--config.{name} must be positive, got {value}")
+  from bigrec_jax.data.prompts import TEMPLATES
+
+  if d.prompt_template not in TEMPLATES:
+    raise UserError(f"--config.data.prompt_template={d.prompt_template!r}: choose from "
+                    f"{TEMPLATES}")
   non_negative = {"train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
                   "train.max_grad_norm": t.max_grad_norm,
                   "train.early_stopping_patience": t.early_stopping_patience,

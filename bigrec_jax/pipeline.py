@@ -161,7 +161,8 @@ def generate_stage(config, paths: Paths) -> dict:
   from bigrec_jax.generate import runner
 
   g = config.generate
-  options = config_lib.options(runner.GenerateOptions, g)
+  options = config_lib.options(runner.GenerateOptions, g,
+                               prompt_template=config.data.prompt_template)
   splits = ("valid", "test")
   guided = dict(assistant_scores=None, alpha_grid=(), alpha_metric=None)
   if options.assistant not in ("none", "mostpop"):

@@ -31,7 +31,8 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
               num_beams: int = 4, max_new_tokens: int = 32, constrained: bool = False,
               exclude_history: bool = True, tokenizer: str | None = None,
               renormalize: bool = False, search_exclusion: str = "none",
-              assistant: str = "none", guidance: float = 1.0) -> Recommendation:
+              assistant: str = "none", guidance: float = 1.0,
+              prompt_template: str = "alpaca") -> Recommendation:
   """search_exclusion (none | shown | all_past: both mean the liked titles here) removes the
   liked items from the constrained search's trie; assistant: none | mostpop (a CF assistant
   needs a score row the baselines export for prepared rows only)."""
@@ -60,7 +61,8 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
                                    constrained=constrained, progress=False,
                                    renormalize=renormalize,
                                    exclude_history="shown" if search_exclusion != "none" else "none",
-                                   assistant=assistant, guidance=guidance)
+                                   assistant=assistant, guidance=guidance,
+                                   prompt_template=prompt_template)
   generator = runner.Generator(model, options, titles=titles if constrained else None)
   guide = generator.row_guidance([row], "liked titles", data_dir=data_dir)
   generated = generator.generate_rows([row], "liked titles", guide)[0]["predict"]

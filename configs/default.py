@@ -51,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.sample = 1024  # few-shot: first N training rows after a seeded shuffle; -1 = all
   c.data.cutoff_len = 512
   c.data.train_on_inputs = True  # reference: loss over the whole prompt
+  # alpaca (the reference's) | chatml (SmolLM2-Instruct's own chat format): data/prompts.py
+  c.data.prompt_template = "alpaca"
   c.data.group_by_length = True
   c.data.bucket_multiple = 64
   c.data.valid_split = "valid_5000"  # validation loss each epoch on this split ("" = none)

@@ -21,6 +21,7 @@ from absl import flags, logging
 
 from bigrec_jax import cli, config as config_lib, parallel
 from configs import default as default_config
+from bigrec_jax.data import prompts
 from bigrec_jax.files import UserError
 from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES, GenerateOptions, run
 
@@ -75,6 +76,8 @@ _OPT = cli.define_flags_from(default_config.get_config().generate, {
     "assistant_temperature": "CF assistants: softmax of scores / this.",
 }, choices={"exclude_history": EXCLUDE_MODES, "assistant": ASSISTANTS})
 _NUM_BEAMS, _CONSTRAINED = _OPT["num_beams"], _OPT["constrained"]
+_TEMPLATE = flags.DEFINE_enum("prompt_template", "alpaca", list(prompts.TEMPLATES), "The prompt "
+                              "template the adapter was trained with (data.prompt_template).")
 _INIT_DISTRIBUTED = cli.define_multihost_flags()
 
 
@@ -113,7 +116,8 @@ def main(argv: list[str]) -> None:
   _INIT_DISTRIBUTED()
   options = config_lib.options(
       GenerateOptions, {name: flag.value for name, flag in _OPT.items()},
-      num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value, progress=_PROGRESS.value)
+      num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value, progress=_PROGRESS.value,
+      prompt_template=_TEMPLATE.value)
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
                 adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
                 mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value,

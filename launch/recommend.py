@@ -37,6 +37,8 @@ _EXCLUDE = flags.DEFINE_enum("exclude_history", "none", ["none", "shown", "all_p
 _ASSISTANT = flags.DEFINE_enum("assistant", "none", ["none", "mostpop"], "Guide the beams with "
                                "popularity shares (popularity.json of --data_dir).")
 _GUIDANCE = flags.DEFINE_float("guidance", 1.0, "alpha: 1 = the LLM alone, 0 = the assistant.")
+_TEMPLATE = flags.DEFINE_enum("prompt_template", "alpaca", ["alpaca", "chatml"], "The prompt "
+                              "template the adapter was trained with (data.prompt_template).")
 
 
 def main(argv):
@@ -61,7 +63,8 @@ def main(argv):
                   gamma_pop=_GAMMA.value, num_beams=_BEAMS.value, max_new_tokens=_NEW.value,
                   constrained=_CONSTRAINED.value, tokenizer=_TOKENIZER.value,
                   renormalize=_RENORMALIZE.value, search_exclusion=_EXCLUDE.value,
-                  assistant=_ASSISTANT.value, guidance=_GUIDANCE.value)
+                  assistant=_ASSISTANT.value, guidance=_GUIDANCE.value,
+                  prompt_template=_TEMPLATE.value)
   for t in rec.unknown_history:
     print(f"note: {t!r} is not a catalog title; it is used in the prompt as written")
   print(f"generated: {rec.generated[0]!r}")

@@ -128,26 +128,29 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], *, cutoff_len: int = CU
 
 
 def tokenize_rows(tokenizer: Any, rows: Sequence[dict], *, cutoff_len: int = CUTOFF_LEN,
-                  train_on_inputs: bool = True, add_eos: bool = True) -> Tokenized:
+                  train_on_inputs: bool = True, add_eos: bool = True,
+                  template: str = "alpaca") -> Tokenized:
   """Training/eval-loss examples: ids of prompt + output (+ EOS) and their labels."""
-  ids = tokenize_texts(tokenizer, [prompts.full_text(r) for r in rows], cutoff_len=cutoff_len,
-                       add_eos=add_eos)
+  ids = tokenize_texts(tokenizer, [prompts.full_text(r, template) for r in rows],
+                       cutoff_len=cutoff_len, add_eos=add_eos)
   if train_on_inputs:
     labels = ids
   else:
-    prompt_lens = [len(p) for p in tokenize_texts(tokenizer, [prompts.prompt_for(r) for r in rows],
-                                                  cutoff_len=cutoff_len, add_eos=False)]
+    prompt_lens = [len(p) for p in tokenize_texts(
+        tokenizer, [prompts.prompt_for(r, template) for r in rows], cutoff_len=cutoff_len,
+        add_eos=False)]
     labels = [[IGNORE_INDEX] * min(n, len(s)) + s[n:] for s, n in zip(ids, prompt_lens)]
   return Tokenized.from_lists(ids, labels)
 
 
-def tokenize_prompts(tokenizer: Any, rows: Sequence[dict], *, max_len: int | None = None) -> Tokenized:
-  """Generation inputs: prompts ending at `### Response:\\n`, no EOS, labels all -100.
+def tokenize_prompts(tokenizer: Any, rows: Sequence[dict], *, max_len: int | None = None,
+                     template: str = "alpaca") -> Tokenized:
+  """Generation inputs: prompts ending at the response marker, no EOS, labels all -100.
 
   Prompts are not truncated by default; with `max_len`, the first tokens are dropped so the
   response marker the model continues from is always kept.
   """
-  ids = _encode(tokenizer, [prompts.prompt_for(r) for r in rows], None)
+  ids = _encode(tokenizer, [prompts.prompt_for(r, template) for r in rows], None)
   if max_len is not None:
     ids = [s[-max_len:] for s in ids]
   return Tokenized.from_lists(ids, [[IGNORE_INDEX] * len(s) for s in ids])

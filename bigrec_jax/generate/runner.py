@@ -36,7 +36,6 @@ from bigrec_jax.generate import beam_search, decoder, guide as guide_lib, trie a
 
 log = logging.getLogger(__name__)
 
-RESPONSE_SPLIT = "Response:\n"  # the reference splits the decoded text here and keeps the end
 EXCLUDE_MODES = ("none", "shown", "all_past")
 ASSISTANTS = ("none", "mostpop", "sasrec", "gru4rec", "caser", "dros")
 
@@ -56,6 +55,7 @@ class GenerateOptions:
   max_prompt_len: int = 0  # 0: the model's context minus max_new_tokens
   truncate_long_prompts: bool = False  # drop the oldest tokens with a warning instead of failing
   progress: bool = True
+  prompt_template: str = "alpaca"  # data.prompt_template: the one the model was trained with
   # Catalog-aware decoding (generate/guide.py), constrained only; the defaults are the reference.
   renormalize: bool = False  # log-probs renormalised over the allowed trie children
   exclude_history: str = "none"  # none | shown | all_past: items the row's user already had
@@ -114,8 +114,10 @@ class Generator:
       if not titles:
         raise UserError("constrained decoding needs the catalog: pass --items (items.tsv)")
       per_row = options.exclude_history != "none" or options.assistant != "none"
-      catalog = trie_lib.catalog_trie(self.tokenizer, titles, self.config.vocab_size,
-                                      eos_token_id=int(eos), with_ranges=per_row)
+      catalog = trie_lib.catalog_trie(
+          self.tokenizer, titles, self.config.vocab_size,
+          context=trie_lib.default_context(template=options.prompt_template),
+          eos_token_id=int(eos), with_ranges=per_row)
       if catalog.longest > options.max_new_tokens:
         log.warning("the longest catalog title takes %d tokens (with quotes and EOS), more than "
                     "max_new_tokens=%d: such titles are cut off", catalog.longest,
@@ -137,7 +139,8 @@ class Generator:
       problem = _row_problem(row)
       if problem:
         raise UserError(f"{source}: row {i}: {problem}")
-    data = tokenize_lib.tokenize_prompts(self.tokenizer, list(rows))
+    data = tokenize_lib.tokenize_prompts(self.tokenizer, list(rows),
+                                         template=self.options.prompt_template)
     out = []
     for i in range(len(data)):
       ids, _ = data.example(i)
@@ -269,7 +272,8 @@ class Generator:
     """The reference's text: decode(prompt + generation, skip special) after `Response:\\n`."""
     seqs = [np.concatenate([prompt, t[:n]]) for t, n in zip(tokens, lengths)]
     texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
-    predict = [t.split(RESPONSE_SPLIT)[-1] if n > 0 else "" for t, n in zip(texts, lengths)]
+    split = prompts_lib.decoded_response_split(self.options.prompt_template)
+    predict = [t.split(split)[-1] if n > 0 else "" for t, n in zip(texts, lengths)]
     if self.options.stop_at_closing_quote:
       # Cut what the last token put after the closing quote (e.g. the `,` of `",`); located in
       # the generated text alone, so quotes of a prompt that is not split off do not count.

@@ -160,10 +160,10 @@ def node_ranges(sequences: Sequence[Sequence[int] | None], vocab_size: int
   return NodeRanges(lo, hi), order
 
 
-def default_context(domain: str = "movie") -> str:
+def default_context(domain: str = "movie", template: str = "alpaca") -> str:
   """A prompt ending at the response marker, the context a target title is tokenized in."""
   return prompts.prompt_for({"instruction": prompts.instruction_for(domain),
-                             "input": prompts.input_for(domain, ["Title"])})
+                             "input": prompts.input_for(domain, ["Title"])}, template)
 
 
 def title_sequences(tokenizer, titles: Sequence[str], context: str | None = None,

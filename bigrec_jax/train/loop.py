@@ -102,7 +102,8 @@ def _load_data(config, tokenizer):
 
   dirs = data_dirs(config)
   d = config.data
-  kw = dict(cutoff_len=d.cutoff_len, train_on_inputs=d.train_on_inputs)
+  kw = dict(cutoff_len=d.cutoff_len, train_on_inputs=d.train_on_inputs,
+            template=d.prompt_template)
   train_rows = prepared.load_training_rows(dirs, d.sample, config.seed)
   train = tokenize.tokenize_rows(tokenizer, train_rows, **kw)
   valid = None

@@ -196,3 +196,42 @@ def test_eval_batches_keep_every_row_with_masked_fillers(char_tokenizer):
   assert (last["labels"][2:] == IGNORE_INDEX).all() and last["attention_mask"][2:].any()
   assert last["attention_mask"][0, 0] == 1  # right padding: tokens first
   assert np.array_equal(b.local_batch(0)["labels"][0, :data.lengths[0]], data.example(0)[1])
+
+
+def test_chatml_template_is_smollm2s_own_chat_template():
+  """The chatml prompt is the embedded GGUF's `tokenizer.chat_template` rendered by jinja2 for one
+  user turn (instruction + input) with the generation prompt; the answer ends with its EOS."""
+  import gguf
+  import jinja2
+
+  from bigrec_jax import assets
+
+  reader = gguf.GGUFReader(assets.smollm2_gguf())
+  field = reader.fields["tokenizer.chat_template"]
+  template = jinja2.Environment().from_string(bytes(field.parts[field.data[0]]).decode())
+  for row in ROWS:
+    user = f"{row['instruction']}\n{row['input'].rstrip()}"
+    expected = template.render(messages=[{"role": "user", "content": user}],
+                               add_generation_prompt=True)
+    assert prompts.prompt_for(row, "chatml") == expected
+    assert prompts.full_text(row, "chatml") == expected + row["output"]
+    assert prompts.response_of(prompts.full_text(row, "chatml"), "chatml") == row["output"]
+  with pytest.raises(ValueError, match="unknown prompt template"):
+    prompts.prompt_for(ROWS[0], "vicuna")
+
+
+def test_chatml_response_only_labels_are_the_title_and_im_end(smollm2_tokenizer):
+  tok = smollm2_tokenizer
+  data = tokenize.tokenize_rows(tok, ROWS, train_on_inputs=False, template="chatml")
+  prompts_ids = tokenize.tokenize_prompts(tok, ROWS, template="chatml")
+  for i, row in enumerate(ROWS):
+    ids, labels = data.example(i)
+    prompt_ids, _ = prompts_ids.example(i)
+    n = len(prompt_ids)
+    assert ids[:n].tolist() == prompt_ids.tolist()
+    assert (labels[:n] == IGNORE_INDEX).all()
+    assert tok.decode(labels[n:-1]) == row["output"]
+    assert tok.convert_ids_to_tokens(int(labels[-1])) == "<|im_end|>"
+    # the decoded prompt + answer splits where generation's decode splits it
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text.split(prompts.decoded_response_split("chatml"))[-1] == row["output"]

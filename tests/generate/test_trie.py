@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bigrec_jax.data import prompts
 from bigrec_jax.generate import GenerateOptions, Generator, trie as trie_lib
@@ -37,14 +38,15 @@ def test_tables_allow_exactly_the_trie_children_sparse_and_dense():
   assert bad == tables.sink and not np.asarray(mask_fn(jnp.array([bad]))).any()
 
 
-def test_titles_are_tokenized_as_in_a_training_target(smollm2):
+@pytest.mark.parametrize("template", prompts.TEMPLATES)
+def test_titles_are_tokenized_as_in_a_training_target(smollm2, template):
   tok = smollm2.tokenizer
   titles = ["Toy Story", "Wizard of Oz, The", "12 Angry Men"]
-  seqs = trie_lib.title_sequences(tok, titles)
+  seqs = trie_lib.title_sequences(tok, titles, trie_lib.default_context(template=template))
   for title, seq in zip(titles, seqs):
     row = {"instruction": "i", "input": "x", "output": prompts.quote(title)}
-    prompt_ids = tok(prompts.prompt_for(row))["input_ids"]
-    full_ids = tok(prompts.full_text(row))["input_ids"] + [tok.eos_token_id]
+    prompt_ids = tok(prompts.prompt_for(row, template))["input_ids"]
+    full_ids = tok(prompts.full_text(row, template))["input_ids"] + [tok.eos_token_id]
     assert full_ids[:len(prompt_ids)] == prompt_ids
     assert seq == full_ids[len(prompt_ids):]
 
