@@ -3,7 +3,8 @@
   python launch/bench.py                       # full sizes, embedded SmolLM2, writes bench.json
   python launch/bench.py --quick               # tiny model and shapes (CI, < 2 minutes)
   python launch/bench.py --tasks=train,ground --flops --model=/path/to/llama-7b-hf
-  python launch/bench.py --multiprocess_ground --out=bench_mp.json   # 2 processes, 5000 x 10M
+  python launch/bench.py --multiprocess_ground --out=bench_mp.json   # 2 processes, 5000 x 10M,
+                                                                     # then 1 process x 8 devices
 Tasks: train (LoRA r=8 q/v AdamW step, tokens/s), beam (4 beams, 4 returned, batch 8 BIGRec
 prompts), embed (catalog titles/s), ground (queries/s, top-50 + target rank). bfloat16 on GPU.
 """
@@ -57,6 +58,9 @@ _MP_QUERIES = flags.DEFINE_integer("mp_queries", 5000, "Multi-process case: quer
 _MP_PROCESSES = flags.DEFINE_integer("mp_processes", 2, "Multi-process case: processes.")
 _MP_BATCH = flags.DEFINE_integer("mp_query_batch", 32, "Multi-process case: query rows per "
                                  "batch (0: the kernel's memory budget).")
+_MP_SINGLE = flags.DEFINE_bool("mp_single", True, "Multi-process case: also run one process with "
+                               "all --mp_processes x 4 devices on the same catalog (the "
+                               "single-process case, written as ground_single_process).")
 
 
 def main(argv):
@@ -69,11 +73,22 @@ def main(argv):
 
     if min(_MP_ITEMS.value, _MP_DIM.value, _MP_QUERIES.value, _MP_PROCESSES.value) < 1:
       raise UserError("--mp_items, --mp_dim, --mp_queries and --mp_processes must be >= 1")
-    result = catalog_bench.run_multiprocess_ground(
+    import time
+
+    from bigrec_jax.bench import measure
+
+    started, host = time.time(), measure.host_info()
+    load_before = host.pop("load_average")
+    result = catalog_bench.run_with_single_process(
         items=_MP_ITEMS.value, dim=_MP_DIM.value, queries=_MP_QUERIES.value,
         processes=_MP_PROCESSES.value, query_batch=max(0, _MP_BATCH.value),
-        repeats=_REPEATS.value or 1)
-    files.write_json(_OUT.value, {"ground_multiprocess": result})
+        repeats=_REPEATS.value or 1, single_process=_MP_SINGLE.value)
+    files.write_json(_OUT.value, {
+        "created_unix": started, "wall_s": round(time.time() - started, 1),
+        "command": " ".join(sys.argv),
+        "machine": {**host, "load_average_before": load_before,
+                    "load_average_after": list(os.getloadavg())},
+        **result})
     return
   for flag in (_BUDGET, _TIMEOUT):
     if flag.value is not None and not flag.value > 0:
