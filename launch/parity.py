@@ -41,6 +41,8 @@ _OUT = flags.DEFINE_string("out", "parity.json", "Where the JSON record is writt
 _WORKDIR = flags.DEFINE_string("workdir", None, "Keep the adapters, batches and torch logs here "
                                "(default: a temporary directory, removed).")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "torch threads (0: torch's default).")
+_PARALLEL = flags.DEFINE_bool("parallel_sides", False, "Run the torch side while ours runs (same "
+                              "inputs, same work, sooner on a shared machine) instead of after.")
 _MATMUL = flags.DEFINE_enum("matmul_dtype", "float32", ["float32", "bfloat16"], "Our weight-matmul "
                             "operands (the parity limit is stated for float32).")
 
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> None:
   record = parity.run(_CONFIG.value, tasks=tasks, steps=_STEPS.value, rows=_ROWS.value,
                       data_dir=_DATA.value, adapter=_ADAPTER.value, split_file=_SPLIT.value,
                       out=_OUT.value, workdir=_WORKDIR.value, torch_threads=_THREADS.value,
-                      matmul_dtype=_MATMUL.value)
+                      matmul_dtype=_MATMUL.value, parallel=_PARALLEL.value)
   for line in parity.summary_lines(record):
     print(line)
   print(f"wrote {_OUT.value}")

@@ -70,11 +70,12 @@ def _model_path(config) -> str:
   return config.model.path or assets.smollm2_gguf()
 
 
-def _run_torch(task: str, job: dict[str, Any], workdir: str, timeout: float | None) -> dict:
-  """parity_torch in its own process (JAX and torch never share one)."""
+def _start_torch(task: str, job: dict[str, Any], workdir: str):
+  """parity_torch in its own process (JAX and torch never share one), started."""
   job = dict(job, task=task)
   job_path = os.path.join(workdir, f"torch_{task}.job.json")
   out_path = os.path.join(workdir, f"torch_{task}.out.json")
+  log_path = os.path.join(workdir, f"torch_{task}.log")
   files.write_json(job_path, job, indent=None)
   env = dict(os.environ)
   env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,16 +84,31 @@ def _run_torch(task: str, job: dict[str, Any], workdir: str, timeout: float | No
   env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
   cmd = [sys.executable, "-m", "bigrec_jax.bench.parity_torch", "--job", job_path, "--out",
          out_path]
-  proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
-  log = proc.stdout or ""
-  with open(os.path.join(workdir, f"torch_{task}.log"), "w") as f:
-    f.write(log)
+  log = open(log_path, "w")  # pylint: disable=consider-using-with
+  proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+  return proc, log, log_path, out_path, task
+
+
+def _finish_torch(handle, timeout: float | None) -> dict:
+  proc, log, log_path, out_path, task = handle
+  try:
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+  finally:
+    log.close()
+  with open(log_path, errors="replace") as f:
+    tail = f.read()[-4000:]
   if proc.returncode != 0 or not os.path.exists(out_path):
     raise RuntimeError(f"the torch {task} worker failed (status {proc.returncode}); log tail:\n"
-                       f"{log[-4000:]}")
+                       f"{tail}")
   with open(out_path) as f:
     return json.load(f)
+
+
+def _run_torch(task: str, job: dict[str, Any], workdir: str, timeout: float | None) -> dict:
+  return _finish_torch(_start_torch(task, job, workdir), timeout)
 
 
 # ----------------------------------------------------------------------------- training
@@ -107,13 +123,20 @@ def _read_adapter(path: str) -> dict[str, np.ndarray]:
 def compare_adapters(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray],
                      init: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
   """Max abs difference of two PEFT state dicts, and relative ones (per tensor, over its max
-  |value|; with `init`, also of the change since `init`)."""
+  |value|; with `init`, also of the change since `init`, per tensor and as one Frobenius norm
+  over all tensors: ||ours - ref|| / ||ref - init||).
+
+  The per-element relative difference of an update is bounded below by Adam itself: an element
+  whose gradient is near `eps` (1e-8) moves by lr * g / (|g| + eps), so float rounding of that
+  tiny gradient shows up as a fraction of lr; the Frobenius ratio weighs such elements by size.
+  """
   if set(ours) != set(ref):
     raise ValueError(f"adapter keys differ: {sorted(set(ours) ^ set(ref))[:4]}")
   out = {"tensors": len(ref), "max_abs_diff": 0.0, "max_abs_value": 0.0, "max_rel_diff": 0.0}
   if init is not None:
     out.update(update_max_abs_diff=0.0, update_max_rel_diff=0.0, update_max_abs_value=0.0)
   worst = ""
+  num = den = 0.0
   for k in sorted(ref):
     a, b = ours[k].astype(np.float64), ref[k].astype(np.float64)
     d = float(np.abs(a - b).max())
@@ -125,19 +148,24 @@ def compare_adapters(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray],
     if init is not None:
       base = init[k].astype(np.float64)
       du, db = a - base, b - base
+      num += float(np.sum((du - db) ** 2))
+      den += float(np.sum(db ** 2))
       ud = float(np.abs(du - db).max())
       out["update_max_abs_diff"] = max(out["update_max_abs_diff"], ud)
       out["update_max_abs_value"] = max(out["update_max_abs_value"], float(np.abs(db).max()))
       out["update_max_rel_diff"] = max(out["update_max_rel_diff"],
                                        ud / max(float(np.abs(db).max()), 1e-30))
   out["worst_tensor"] = worst
+  if init is not None:
+    out["update_rel_frobenius"] = float(np.sqrt(num / max(den, 1e-300)))
   return out
 
 
 def jax_train(config, steps: int, workdir: str, *, model=None, train_data=None,
-              valid_data=None) -> dict[str, Any]:
+              valid_data=None, before_steps=None) -> dict[str, Any]:
   """Our side: the first `steps` steps of `loop.train` for this config; writes
-  init_adapter/, jax_adapter/ and batches.npz under workdir."""
+  init_adapter/ and batches.npz under workdir, calls `before_steps(total_steps)` (the
+  reference may start on them), then trains and writes jax_adapter/."""
   import jax
 
   from bigrec_jax import parallel
@@ -178,13 +206,18 @@ def jax_train(config, steps: int, workdir: str, *, model=None, train_data=None,
   state = step_lib.init_state(mc, lora_config, optimizer, config.seed, mesh)
   init_dir = os.path.join(workdir, "init_adapter")
   lora_lib.export_peft(init_dir, jax.device_get(state.lora), lora_config, mc)
-  setup_s = time.time() - t0
-  saved, losses, lrs, norms, step_s, shapes = {}, [], [], [], [], []
-  for s in range(steps):
-    local = batches.local_batch(s)
+  saved, shapes = {}, []
+  locals_ = [batches.local_batch(s) for s in range(steps)]
+  for s, local in enumerate(locals_):
     for k in ("input_ids", "attention_mask", "labels"):
       saved[f"{k}_{s}"] = local[k]
     shapes.append(list(local["input_ids"].shape))
+  np.savez(os.path.join(workdir, "batches.npz"), **saved)
+  setup_s = time.time() - t0
+  if before_steps is not None:
+    before_steps(total)
+  losses, lrs, norms, step_s = [], [], [], []
+  for s, local in enumerate(locals_):
     batch = parallel.global_batch_from_local(loop._local_train_batch(local, accum), mesh)  # pylint: disable=protected-access
     started = time.time()
     lrs.append(float(schedule(s)))
@@ -197,7 +230,6 @@ def jax_train(config, steps: int, workdir: str, *, model=None, train_data=None,
     step_s.append(time.time() - started)
     print(f"[parity jax] step {s + 1}/{steps} loss {losses[-1]:.6f} ({step_s[-1]:.1f} s)",
           flush=True)
-  np.savez(os.path.join(workdir, "batches.npz"), **saved)
   lora_lib.export_peft(os.path.join(workdir, "jax_adapter"), jax.device_get(state.lora),
                        lora_config, mc)
   return {"losses": losses, "learning_rates": lrs, "grad_norms": norms, "step_s": step_s,
@@ -208,25 +240,41 @@ def jax_train(config, steps: int, workdir: str, *, model=None, train_data=None,
 
 
 def train_parity(config, steps: int, workdir: str, *, model=None, train_data=None,
-                 valid_data=None, torch_threads: int = 0,
-                 timeout: float | None = None) -> dict[str, Any]:
-  """Both sides of the training check (config: already `parity_config`); the comparison."""
+                 valid_data=None, torch_threads: int = 0, timeout: float | None = None,
+                 parallel: bool = False) -> dict[str, Any]:
+  """Both sides of the training check (config: already `parity_config`); the comparison.
+
+  parallel: the reference trains while ours does (from the same saved batches and initial
+  adapter) instead of after it: the same work, done sooner on a machine shared with others."""
   from bigrec_jax.train import loop
 
   os.makedirs(workdir, exist_ok=True)
   if config.lora.dropout != 0:
     raise ValueError("training parity needs lora.dropout = 0 (use parity_config)")
-  ours = jax_train(config, steps, workdir, model=model, train_data=train_data,
-                   valid_data=valid_data)
   t = config.train
-  opt = {"learning_rate": float(t.learning_rate), "warmup_steps": int(t.warmup_steps),
-         "total_steps": int(ours["total_steps"]), "weight_decay": float(t.weight_decay),
-         "max_grad_norm": float(t.max_grad_norm), "b1": 0.9, "b2": 0.999, "eps": 1e-8}
-  ref = _run_torch("train", {
+  torch_job: dict[str, Any] = {
       "model": _model_path(config), "init_adapter": os.path.join(workdir, "init_adapter"),
       "final_adapter": os.path.join(workdir, "torch_adapter"), "steps": steps,
-      "batches": os.path.join(workdir, "batches.npz"), "optimizer": opt,
-      "threads": torch_threads}, workdir, timeout)
+      "batches": os.path.join(workdir, "batches.npz"), "threads": torch_threads}
+  started: list = []
+
+  def start_reference(total):
+    torch_job["optimizer"] = {
+        "learning_rate": float(t.learning_rate), "warmup_steps": int(t.warmup_steps),
+        "total_steps": int(total), "weight_decay": float(t.weight_decay),
+        "max_grad_norm": float(t.max_grad_norm), "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+    started.append(_start_torch("train", torch_job, workdir))
+
+  try:
+    ours = jax_train(config, steps, workdir, model=model, train_data=train_data,
+                     valid_data=valid_data, before_steps=start_reference if parallel else None)
+    if not started:
+      start_reference(ours["total_steps"])
+    ref = _finish_torch(started[0], timeout)
+  finally:
+    for handle in started:
+      if handle[0].poll() is None:
+        handle[0].kill()
   lj, lt = np.asarray(ours["losses"]), np.asarray(ref["losses"])
   rel = np.abs(lj - lt) / np.abs(lt)
   gj, gt = np.asarray(ours["grad_norms"]), np.asarray(ref["grad_norms"])
@@ -240,7 +288,9 @@ def train_parity(config, steps: int, workdir: str, *, model=None, train_data=Non
                  "lora_targets": list(lora.targets), "lora_dropout": lora.dropout,
                  "batch_size": int(t.batch_size), "micro_batch_size": int(t.micro_batch_size),
                  "train_on_inputs": bool(config.data.train_on_inputs),
-                 "matmul_dtype": config.model.matmul_dtype, "seed": int(config.seed), **opt},
+                 "matmul_dtype": config.model.matmul_dtype, "seed": int(config.seed),
+                 **torch_job["optimizer"]},
+      "parallel_sides": parallel,
       "batch_shapes": ours["batch_shapes"], "label_tokens_per_step": ours["label_tokens_per_step"],
       "label_window": ours["label_window"], "shared_prefix_tokens": ours["shared_prefix_tokens"],
       "loss_jax": ours["losses"], "loss_torch": ref["losses"], "loss_rel_diff": rel.tolist(),
@@ -297,9 +347,10 @@ def compare_beams(ours: list[list[tuple]], ref: list[list[tuple]]) -> dict[str, 
 
 def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir: str, *,
                     adapter: str | None = None, model=None, torch_threads: int = 0,
-                    timeout: float | None = None) -> dict[str, Any]:
+                    timeout: float | None = None, parallel: bool = False) -> dict[str, Any]:
   """Both sides of the generation check (config: `parity_config`; `model`: our model with the
-  adapter already merged, else loaded and merged here); the comparison."""
+  adapter already merged, else loaded and merged here); the comparison. parallel: the
+  reference generates while ours does (as in `train_parity`)."""
   from bigrec_jax.generate import beam_search, runner, trie as trie_lib
 
   os.makedirs(workdir, exist_ok=True)
@@ -319,21 +370,28 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
   generator = runner.Generator(model, options, titles=list(titles))
   sc = generator.search_config
   ids = generator.prompt_ids(rows)
-  started = time.time()
-  results = generator.generate_ids(ids)
-  ours_s = time.time() - started
   quote_counts = beam_search.token_quote_counts(model.tokenizer, model.config.vocab_size)
   sequences = (trie_lib.title_sequences(model.tokenizer, list(titles), eos_token_id=sc.eos_token_id)
                if options.constrained else [])
-  ref = _run_torch("generate", {
-      "model": _model_path(config), "adapter": adapter, "prompts": [p.tolist() for p in ids],
-      "trie_sequences": sequences, "quote_counts": quote_counts.tolist(),
-      "batch_size": int(g.batch_size), "threads": torch_threads,
-      "search": {"num_beams": sc.num_beams, "num_return_sequences": sc.num_return_sequences,
-                 "max_new_tokens": sc.max_new_tokens, "length_penalty": sc.length_penalty,
-                 "early_stopping": sc.early_stopping, "eos_token_id": sc.eos_token_id,
-                 "pad_token_id": sc.pad_token_id, "constrained": options.constrained,
-                 "stop_at_closing_quote": sc.stop_at_closing_quote}}, workdir, timeout)
+  job = {"model": _model_path(config), "adapter": adapter, "prompts": [p.tolist() for p in ids],
+         "trie_sequences": sequences, "quote_counts": quote_counts.tolist(),
+         "batch_size": int(g.batch_size), "threads": torch_threads,
+         "search": {"num_beams": sc.num_beams, "num_return_sequences": sc.num_return_sequences,
+                    "max_new_tokens": sc.max_new_tokens, "length_penalty": sc.length_penalty,
+                    "early_stopping": sc.early_stopping, "eos_token_id": sc.eos_token_id,
+                    "pad_token_id": sc.pad_token_id, "constrained": options.constrained,
+                    "stop_at_closing_quote": sc.stop_at_closing_quote}}
+  handle = _start_torch("generate", job, workdir) if parallel else None
+  try:
+    started = time.time()
+    results = generator.generate_ids(ids)
+    ours_s = time.time() - started
+    if handle is None:
+      handle = _start_torch("generate", job, workdir)
+    ref = _finish_torch(handle, timeout)
+  finally:
+    if handle is not None and handle[0].poll() is None:
+      handle[0].kill()
   ours, theirs = [], []
   for (tokens, scores, lengths), ref_tokens, ref_scores in zip(results, ref["tokens"],
                                                                ref["scores"]):
@@ -359,6 +417,7 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
                     "batch_size": options.batch_size, "matmul_dtype": config.model.matmul_dtype,
                     "catalog_titles": len(titles), "trie_titles": len(sequences)}
   out["adapter"] = adapter
+  out["parallel_sides"] = parallel
   out["seconds"] = {"jax_generate": ours_s, "torch_setup": ref["setup_s"],
                     "torch_generate": ref["generate_s"]}
   out["torch_threads"] = ref["threads"]
@@ -381,7 +440,8 @@ def _commit() -> str:
 def run(config, *, tasks: Sequence[str] = ("train", "generate"), steps: int = 32, rows: int = 50,
         data_dir: str = "runs/demo20/data", adapter: str = "runs/demo20/train",
         split_file: str = "test_5000.json", out: str | None = None, workdir: str | None = None,
-        torch_threads: int = 0, matmul_dtype: str = "float32") -> dict[str, Any]:
+        torch_threads: int = 0, matmul_dtype: str = "float32",
+        parallel: bool = False) -> dict[str, Any]:
   """The whole check as `launch/parity.py` runs it; writes `out` (JSON) when given."""
   from bigrec_jax.generate import runner
 
@@ -399,14 +459,15 @@ def run(config, *, tasks: Sequence[str] = ("train", "generate"), steps: int = 32
   try:
     if "train" in tasks:
       record["train"] = train_parity(config, steps, os.path.join(workdir, "train"),
-                                     torch_threads=torch_threads)
+                                     torch_threads=torch_threads, parallel=parallel)
       if out:
         files.write_json(out, record)
     if "generate" in tasks:
       data = files.read_json(os.path.join(data_dir, split_file))[:rows]
       titles = runner.read_titles(data_dir)
       record["generate"] = generate_parity(config, data, titles, os.path.join(workdir, "generate"),
-                                           adapter=adapter, torch_threads=torch_threads)
+                                           adapter=adapter, torch_threads=torch_threads,
+                                           parallel=parallel)
       record["generate"]["split_file"] = split_file
   finally:
     if tmp is not None:
@@ -428,7 +489,8 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
                  f"{'ok' if t['losses_match'] else 'FAILED'}); grad norm max rel diff "
                  f"{t['grad_norm_max_rel_diff']:.2e}; final adapter max abs diff "
                  f"{a['max_abs_diff']:.2e} (max |w| {a['max_abs_value']:.3g}, max rel "
-                 f"{a['max_rel_diff']:.2e}; of the update: rel {a['update_max_rel_diff']:.2e})")
+                 f"{a['max_rel_diff']:.2e}; of the update: max rel {a['update_max_rel_diff']:.2e}, "
+                 f"Frobenius rel {a.get('update_rel_frobenius', float('nan')):.2e})")
   g = record.get("generate")
   if g:
     lines.append(f"generation: {g['rows']} rows, best beam equal {g['best_equal']}/{g['rows']}, "
