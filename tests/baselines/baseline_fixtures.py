@@ -1,16 +1,14 @@
-"""A tiny prepared-data directory written by hand (the prepared-data contract of bigrec_jax/data/prepared.py).
+"""A tiny synthetic prepared-data directory (written by tests/common_fixtures.write_prepared_dir).
 
 The synthetic rule: the next item is the last history item + 1 (mod the catalog size), so a
 sequential model that reads the order of the history can reach HR@1 = 1.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from bigrec_jax.data import prompts
+from common_fixtures import write_prepared_dir
 
 
 def title(item: int) -> str:
@@ -34,23 +32,10 @@ def rule_rows(n: int, num_items: int, history_len: int, rng: np.random.Generator
 def write_prepared(directory: str, *, num_items: int = 40, train: int = 3000, valid: int = 300,
                    test: int = 300, history_len: int = 10, min_len: int | None = None,
                    seed: int = 0) -> str:
-  """Writes items.tsv, train/valid/test(_5000).json, popularity.json, stats.json; returns dir."""
+  """items.tsv, train/valid/test(_5000).json, popularity.json (train targets), stats.json."""
   rng = np.random.default_rng(seed)
-  os.makedirs(directory, exist_ok=True)
   splits, stamp = {}, 0
   for name, n in (("train", train), ("valid", valid), ("test", test)):
     splits[name] = rule_rows(n, num_items, history_len, rng, min_len, stamp)
     stamp += n
-  splits["valid_5000"], splits["test_5000"] = splits["valid"], splits["test"]
-  for name, rows in splits.items():
-    with open(os.path.join(directory, f"{name}.json"), "w") as f:
-      json.dump(rows, f)
-  with open(os.path.join(directory, "items.tsv"), "w") as f:
-    f.writelines(f"{i}\t{title(i)}\n" for i in range(num_items))
-  counts = np.bincount([r["target_item_id"] for r in splits["train"]], minlength=num_items)
-  with open(os.path.join(directory, "popularity.json"), "w") as f:
-    json.dump([int(c) for c in counts], f)
-  with open(os.path.join(directory, "stats.json"), "w") as f:
-    json.dump({"domain": "movie", "items": num_items,
-               "examples": {k: len(splits[k]) for k in ("train", "valid", "test")}}, f)
-  return directory
+  return write_prepared_dir(directory, [title(i) for i in range(num_items)], splits)

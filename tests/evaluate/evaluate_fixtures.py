@@ -1,23 +1,20 @@
-"""A tiny prepared-data directory and prediction files, written by hand after the data contract."""
+"""A tiny catalog (prepared by tests/common_fixtures.write_prepared_dir) and prediction files."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
+
+from common_fixtures import write_prepared_dir
 
 TITLES = [f"Movie {i}" for i in range(30)] + ["Twin", "Twin"]  # ids 30 and 31 share a title
 
 
 def write_prepared(directory: str, seed: int = 0) -> dict:
-  rng = np.random.default_rng(seed)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, "items.tsv"), "w") as f:
-    f.writelines(f"{i}\t{t}\n" for i, t in enumerate(TITLES))
-  counts = rng.integers(0, 40, size=len(TITLES)).tolist()
-  with open(os.path.join(directory, "popularity.json"), "w") as f:
-    json.dump(counts, f)
-  return {"counts": np.asarray(counts)}
+  """The TITLES catalog with random training popularity (no row files)."""
+  counts = np.random.default_rng(seed).integers(0, 40, size=len(TITLES))
+  write_prepared_dir(directory, TITLES, popularity=counts)
+  return {"counts": counts}
 
 
 def prediction_rows(n: int, seed: int, empty_every: int = 0) -> list[dict]:

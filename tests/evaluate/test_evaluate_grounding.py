@@ -11,6 +11,7 @@ from bigrec_jax.evaluate import grounding, inputs, report
 from bigrec_jax.evaluate.metrics import ranking_metrics
 
 import evaluate_fixtures as fx
+import ground_reference as ref
 
 KS = (1, 3, 5, 10)
 
@@ -42,10 +43,7 @@ def evaluated(tmp_path_factory):
 
 def test_plain_metrics_follow_cdist_and_empty_rows_never_hit(evaluated):
   _, table, _, test, _, result = evaluated
-  d = np.sqrt(((test.queries[:, None].astype(np.float64) - table[None]) ** 2).sum(-1))
-  rank = np.argsort(np.argsort(d, axis=1, kind="stable"), axis=1, kind="stable")
-  t = test.predictions.targets
-  best = np.min(np.where(t >= 0, np.take_along_axis(rank, np.maximum(t, 0), 1), 99), axis=1)
+  best = ref.best_target_ranks(ref.keys(test.queries, table), test.predictions.targets)
   best = np.where(test.predictions.empty, 32, best)
   assert result.metrics["methods"]["bigrec"]["test"] == pytest.approx(ranking_metrics(best, KS))
   assert (result.test_top_ids["bigrec"][test.predictions.empty] == -1).all()
@@ -86,24 +84,6 @@ def test_report_writes_metrics_table_and_plots(evaluated):
   assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tmp")]
 
 
-
-def _beam_reference(queries, table, weights, pop=None, gamma_pop=0.0):
-  """numpy: sum_r w_r * minmax(D_r); gamma > 0: minmax of that times (1 + p)^-gamma."""
-  def minmax(x):
-    lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
-    return (x - lo) / np.where(hi > lo, hi - lo, 1.0)
-  q = queries.astype(np.float64)
-  comb = sum(weights[:, r:r + 1] * minmax(np.sqrt(((q[:, r, None] - table[None]) ** 2).sum(-1)))
-             for r in range(q.shape[1]))
-  return comb if gamma_pop == 0 else minmax(comb) * (1.0 + pop[None]) ** (-gamma_pop)
-
-
-def _best_ranks(score, targets):
-  rank = np.argsort(np.argsort(score, axis=1, kind="stable"), axis=1, kind="stable")
-  return np.min(np.where(targets >= 0, np.take_along_axis(rank, np.maximum(targets, 0), 1),
-                         score.shape[1]), axis=1)
-
-
 def test_several_beams_ground_by_the_rank_weighted_distance(tmp_path):
   """beams=2: metrics follow sum_r w_r minmax(D_r); rows with one usable beam use it alone."""
   from bigrec_jax.ground import signals
@@ -129,14 +109,28 @@ def test_several_beams_ground_by_the_rank_weighted_distance(tmp_path):
   assert not test.predictions.empty.any() and (~test.predictions.beam_present()).any(1).sum() >= 5
   result = grounding.evaluate_grounding(table, data["counts"], valid, test, ks=KS,
                                         pop_grid=(0.0, 1.0, 4.0), cf_grid=(0.0, 1.0))
-  score = _beam_reference(test.queries, table, test.beam_weights)
-  best = _best_ranks(score, test.predictions.targets)
+  score = ref.beam_keys(test.queries, table, test.beam_weights)
+  best = ref.best_target_ranks(score, test.predictions.targets)
   assert result.metrics["methods"]["bigrec"]["test"] == pytest.approx(ranking_metrics(best, KS))
   np.testing.assert_array_equal(result.test_top_ids["bigrec"],
-                                np.argsort(score, axis=1, kind="stable")[:, :10])
+                                ref.top_k(score, 10))
   pop = result.metrics["methods"]["bigrec+pop"]
   p = signals.popularity_weights(data["counts"]).astype(np.float64)
   for metric, g in pop["gammas"].items():
-    s = _beam_reference(test.queries, table, test.beam_weights, p, g["pop"])
-    expect = ranking_metrics(_best_ranks(s, test.predictions.targets), KS)[metric]
+    s = ref.beam_keys(test.queries, table, test.beam_weights, p, gamma_pop=g["pop"])
+    expect = ranking_metrics(ref.best_target_ranks(s, test.predictions.targets), KS)[metric]
     assert pop["test"][metric] == pytest.approx(expect), metric
+
+
+def test_valid_metrics_are_the_valid_numbers_the_evaluation_reports(evaluated):
+  """What alpha is chosen by (valid rows only) is what metrics.json reports as their valid values;
+  the plain one restated from cdist."""
+  _, table, valid, _, counts, result = evaluated
+  got = grounding.valid_metrics(table, counts, valid, ks=KS, pop_grid=(0.0, 1.0, 4.0, 20.0),
+                                cf_grid=(0.0, 0.1, 1.0, 9.0), query_batch=16)
+  assert set(got) == set(result.metrics["methods"])
+  for name, method in result.metrics["methods"].items():
+    assert got[name] == pytest.approx(method["valid"], abs=1e-12), name
+  best = ref.best_target_ranks(ref.keys(valid.queries, table), valid.predictions.targets)
+  best = np.where(valid.predictions.empty, 32, best)
+  assert got["bigrec"] == pytest.approx(ranking_metrics(best, KS))

@@ -12,6 +12,7 @@ import pytest
 
 from bigrec_jax.files import UserError
 from bigrec_jax.generate import GenerateOptions, Generator, beam_search, runner
+from common_fixtures import save_tiny_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,20 +66,10 @@ def test_plan_buckets_pads_batches_and_keeps_every_row(smollm2):
 
 def _tiny_model_dir(tmp_path):
   """A tiny random Llama with the SmolLM2 tokenizer, saved as an HF directory (fast to run)."""
-  import torch
-  from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-  from bigrec_jax import assets
-  from bigrec_jax.model.loading import _convert_gguf
-
-  torch.manual_seed(0)
-  model = LlamaForCausalLM(LlamaConfig(
-      vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0))
   path = tmp_path / "tiny"
-  model.save_pretrained(path)
-  AutoTokenizer.from_pretrained(_convert_gguf(assets.smollm2_gguf())).save_pretrained(path)
+  save_tiny_hf(path, vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+               tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
   return str(path)
 
 

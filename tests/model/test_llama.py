@@ -12,6 +12,7 @@ import torch
 
 from bigrec_jax.data.tokenize import Tokenized, shared_prefix_length
 from bigrec_jax.model import LlamaConfig, forward, forward_shared_prefix, init_cache, load_model
+from common_fixtures import save_tiny_hf
 
 
 def _hf_outputs(hf_model, ids, mask):
@@ -72,22 +73,6 @@ def test_kv_cache_decoding_matches_full_forward(smollm2, bigrec_prompts):
   assert int(cache["index"]) == ids.shape[1]
 
 
-def _save_tiny_hf(tmp_path, hf_config, seed=0):
-  from transformers import AutoConfig, AutoModelForCausalLM
-
-  torch.manual_seed(seed)
-  config = AutoConfig.for_model(**hf_config)
-  model = AutoModelForCausalLM.from_config(config).eval()
-  model.save_pretrained(tmp_path)
-  # A tokenizer is required by load_model: reuse the SmolLM2 one (larger than the tiny vocab,
-  # hence check_tokenizer_vocab=False; the tests feed token ids, not text).
-  from bigrec_jax.model.loading import _convert_gguf
-  from bigrec_jax import assets
-  from transformers import AutoTokenizer
-  AutoTokenizer.from_pretrained(_convert_gguf(assets.smollm2_gguf())).save_pretrained(tmp_path)
-  return model
-
-
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 
@@ -101,7 +86,7 @@ def test_tiny_hf_checkpoints_match_transformers(tmp_path, kind):
                   **TINY)
   else:
     hf_cfg = dict(model_type="qwen2", rope_theta=1e6, tie_word_embeddings=True, **TINY)
-  hf_model = _save_tiny_hf(tmp_path, hf_cfg)
+  hf_model = save_tiny_hf(tmp_path, **hf_cfg)
   ours = load_model(str(tmp_path), check_tokenizer_vocab=False)
   if kind == "qwen2":
     assert ours.config.attention_bias and "bias" in ours.params["layers"]["q_proj"]
