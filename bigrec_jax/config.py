@@ -180,6 +180,11 @@ def _check_train(config) -> None:
   if config.model.matmul_dtype not in ("",) + _DTYPES:
     raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
                     f"{config.model.matmul_dtype!r}")
+  from bigrec_jax.model.ops import KERNELS
+
+  if config.model.get("kernels", "auto") not in KERNELS:
+    raise UserError(f"--config.model.kernels must be one of {KERNELS}, got "
+                    f"{config.model.kernels!r}")
   if len(tuple(config.mesh.shape)) != len(parallel.MESH_AXES):
     raise UserError(f"--config.mesh.shape {tuple(config.mesh.shape)} needs one size per axis "
                     f"{parallel.MESH_AXES}")

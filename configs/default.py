@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Operands of the base-weight matmuls ("" = dtype), accumulated in float32; "bfloat16" with
   # float32 activations runs them on AMX on recent Xeon CPUs (~1.7x per training step here).
   c.model.matmul_dtype = ""
+  # Implementation of the products, attention and decode-weight packing (bigrec_jax/model/ops.py):
+  # "cpu" (custom VJPs tuned on XLA:CPU), "xla" (plain jnp / jax.nn.dot_product_attention),
+  # "auto" = "cpu" on a CPU backend, "xla" on GPU/TPU.
+  c.model.kernels = "auto"
   c.model.remat = False
 
   c.lora = ml_collections.ConfigDict()

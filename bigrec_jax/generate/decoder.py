@@ -24,7 +24,8 @@ import jax.numpy as jnp
 
 from bigrec_jax.model import forward, init_cache, output_logits, prefix_then_suffix
 from bigrec_jax.model.config import LlamaConfig
-from bigrec_jax.model.layers import apply_rope, matmul, pack_half, rope_tables, unpack_half
+from bigrec_jax.model import ops
+from bigrec_jax.model.layers import apply_rope, rope_tables
 
 Array = jax.Array
 
@@ -69,18 +70,18 @@ def prefill(config: LlamaConfig, params, ids: Array, mask: Array, prefix_len: in
 def cast_projections(config: LlamaConfig, params):
   """params with every layer's projection kernels in `config.matmul_dtype` (if set).
 
-  `layers.matmul` casts its operands, so float32 kernels work too, but the decode step would then
+  `ops.matmul` casts its operands, so float32 kernels work too, but the decode step would then
   cast them at every step; cast once, each step reads bfloat16 kernels: half the bytes, and no
-  convert pass. The products are the same either way. 16-bit kernels are stored as their bits
-  (`layers.pack_half`): XLA:CPU would otherwise carry them through the decode loop as float32.
+  convert pass. The products are the same either way. On the "cpu" kernels path 16-bit kernels
+  are stored as their bits (`ops.PackedHalf`): XLA:CPU would otherwise carry them through the
+  decode loop as float32. Packed params are for decoding only (lora.merge refuses them).
   """
   dt = config.projection_dtype
   if dt is None:
     return params
 
   def cast(kernel):
-    kernel = kernel.astype(dt)
-    return pack_half(kernel) if dt.itemsize == 2 else kernel
+    return ops.decode_weight(kernel, dt, config.kernels)
 
   layers = {name: ({**sub, "kernel": cast(sub["kernel"])} if "kernel" in sub else sub)
             for name, sub in params["layers"].items()}
@@ -99,8 +100,8 @@ def _rms_norm(x: Array, scale: Array, eps: float) -> Array:
   return (scale.astype(jnp.float32) * y).astype(x.dtype)
 
 
-def _proj(layer: dict, name: str, x: Array, dt, mm_dt=None) -> Array:
-  y = matmul(x.astype(dt), unpack_half(layer[name]["kernel"], mm_dt), mm_dt)
+def _proj(layer: dict, name: str, x: Array, dt, mm_dt=None, kernels: str = "auto") -> Array:
+  y = ops.matmul(x.astype(dt), layer[name]["kernel"], mm_dt, kernels)
   if "bias" in layer[name]:
     y = y + layer[name]["bias"].astype(dt)
   return y
@@ -134,9 +135,9 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
     layer, pk, pv, gk, gv = xs  # pk [B, KVH, hd, P], pv [B, KVH, P, hd], gk/gv [T, N, KVH, hd]
     t_max = gk.shape[0]
     h = _rms_norm(x, layer["input_norm"]["scale"], cfg.rms_norm_eps)
-    q = _proj(layer, "q_proj", h, dt, mm_dt).reshape(n, 1, cfg.num_heads, hd)
-    k = _proj(layer, "k_proj", h, dt, mm_dt).reshape(n, 1, kvh, hd)
-    v = _proj(layer, "v_proj", h, dt, mm_dt).reshape(n, 1, kvh, hd)
+    q = _proj(layer, "q_proj", h, dt, mm_dt, cfg.kernels).reshape(n, 1, cfg.num_heads, hd)
+    k = _proj(layer, "k_proj", h, dt, mm_dt, cfg.kernels).reshape(n, 1, kvh, hd)
+    v = _proj(layer, "v_proj", h, dt, mm_dt, cfg.kernels).reshape(n, 1, kvh, hd)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k, v = k[:, 0].astype(gk.dtype), v[:, 0].astype(gv.dtype)  # [N, KVH, hd]
     # This step's K/V join the beam's history at slot (step, n): ancestors[:, step] == arange(N).
@@ -169,11 +170,11 @@ def decode_step(config: LlamaConfig, params, prompt: PromptCache, gen: GenCache,
     out_g = jnp.sum(probs_g.astype(f32)[..., None] * hist_v[:, :, :, None],
                     axis=1).astype(dt)  # [N, KVH, G, hd]
     a = (out_p.reshape(n, kvh, groups, hd) + out_g).reshape(n, 1, cfg.num_heads * hd)
-    x = x + _proj(layer, "o_proj", a, dt, mm_dt)
+    x = x + _proj(layer, "o_proj", a, dt, mm_dt, cfg.kernels)
     h = _rms_norm(x, layer["post_norm"]["scale"], cfg.rms_norm_eps)
-    gate = _proj(layer, "gate_proj", h, dt, mm_dt)
-    mlp = jax.nn.silu(gate) * _proj(layer, "up_proj", h, dt, mm_dt)
-    x = x + _proj(layer, "down_proj", mlp, dt, mm_dt)
+    gate = _proj(layer, "gate_proj", h, dt, mm_dt, cfg.kernels)
+    mlp = jax.nn.silu(gate) * _proj(layer, "up_proj", h, dt, mm_dt, cfg.kernels)
+    x = x + _proj(layer, "down_proj", mlp, dt, mm_dt, cfg.kernels)
     return x, (k, v)
 
   x, (new_k, new_v) = jax.lax.scan(layer_fn, x, (params["layers"], prompt.k, prompt.v,

@@ -442,7 +442,7 @@ def resolve_trained(path: str) -> tuple[str, str]:
 
 def load_merged_model(model_path: str | None = None, adapter: str | None = None, *,
                       dtype: str = "float32", mesh=None, matmul_dtype: str = "",
-                      tokenizer: str | None = None):
+                      kernels: str = "auto", tokenizer: str | None = None):
   """The base model with the adapter (if any) merged into its weights, for fast decoding.
 
   `adapter` may also be a full fine-tuning output (or its workdir): its weights replace the
@@ -454,7 +454,7 @@ def load_merged_model(model_path: str | None = None, adapter: str | None = None,
     model_path, adapter = resolve_trained(adapter)[1], None
 
   model = load_model(model_path or None, dtype=dtype, param_dtype=dtype, mesh=mesh,
-                     matmul_dtype=matmul_dtype, tokenizer=tokenizer)
+                     matmul_dtype=matmul_dtype, kernels=kernels, tokenizer=tokenizer)
   if adapter:
     adapter_tree, lora_config = lora.import_peft(resolve_adapter(adapter), model.config)
     model.params = jax.jit(lora.merge, static_argnums=2)(model.params, adapter_tree, lora_config)
@@ -495,7 +495,7 @@ def run(input_path: str, output_path: str, options: GenerateOptions, **kw) -> di
 def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
               model_path: str | None = None, adapter: str | None = None, items: str | None = None,
               dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1),
-              matmul_dtype: str = "", tokenizer: str | None = None,
+              matmul_dtype: str = "", kernels: str = "auto", tokenizer: str | None = None,
               assistant_scores: Sequence[str] | None = None,
               alpha_grid: Sequence[float] = (),
               alpha_metric: Callable[[list[dict]], float] | None = None) -> list[dict[str, Any]]:
@@ -534,7 +534,7 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
     raise ValueError("alpha_grid needs an assistant and alpha_metric")
   mesh = parallel.make_mesh(mesh_shape)
   model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype,
-                            tokenizer=tokenizer)
+                            kernels=kernels, tokenizer=tokenizer)
   generator = Generator(model, options, titles=titles, mesh=mesh)
   catalog = None if titles is None else set(titles)
   summaries = []

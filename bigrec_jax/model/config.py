@@ -6,6 +6,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from bigrec_jax.model.ops import KERNELS
+
 # The one table of a decoder layer's projections: our name -> its module path in an HF/PEFT
 # layer. The LoRA targets, PEFT key names and HF loading/export all derive from it.
 PROJECTIONS = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
@@ -59,7 +61,7 @@ class LlamaConfig:
   dtype: str = "float32"  # compute dtype (bfloat16 on GPU/TPU)
   param_dtype: str = "float32"
   # Operands of the base-weight products ("" = dtype), accumulated in float32. "bfloat16" with
-  # float32 activations runs those products on AMX on recent Xeon CPUs (layers.matmul).
+  # float32 activations runs those products on AMX on recent Xeon CPUs (ops.matmul).
   matmul_dtype: str = ""
   remat: bool = False  # rematerialise each decoder block in the backward pass
   # Without a KV cache (training, embedding), queries are processed in blocks of this many
@@ -67,6 +69,14 @@ class LlamaConfig:
   # work above the diagonal. 0 disables it.
   causal_block: int = 128
   architecture: str = "llama"
+  # Which implementation of the products, attention and decode-weight packing (model/ops.py):
+  # "cpu" (custom VJPs and uint16-packed 16-bit decode weights, tuned on XLA:CPU), "xla" (plain
+  # jnp / jax.nn.dot_product_attention, JAX's autodiff), "auto" = "cpu" on CPU backends, else "xla".
+  kernels: str = "auto"
+
+  def __post_init__(self):
+    if self.kernels not in KERNELS:
+      raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
 
   @property
   def compute_dtype(self):

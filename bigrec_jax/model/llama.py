@@ -9,6 +9,7 @@ the attention mask (left padding), so prefill and one-token decode share one cod
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -30,7 +31,7 @@ class DecoderBlock(nn.Module):
     cfg = self.config
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     proj = lambda n, f, axes, bias=False: Projection(
-        f, axes, bias, self.lora, dt, pdt, cfg.projection_dtype, name=n)
+        f, axes, bias, self.lora, dt, pdt, cfg.projection_dtype, cfg.kernels, name=n)
     b, t, _ = x.shape
     h = RMSNorm(cfg.rms_norm_eps, pdt, name="input_norm")(x)
     q = proj("q_proj", cfg.num_heads * cfg.head_dim, ("embed", "q_proj"), cfg.attention_bias)(
@@ -49,7 +50,8 @@ class DecoderBlock(nn.Module):
     else:
       new_cache = None
     a = attention(q, k.astype(dt), v.astype(dt), query_slots, key_valid,
-                  causal_block=cfg.causal_block if layer_cache is None else 0)
+                  causal_block=cfg.causal_block if layer_cache is None else 0,
+                  kernels=cfg.kernels)
     x = x + proj("o_proj", cfg.hidden_size, ("q_proj", "embed"))(a, deterministic)
     h = RMSNorm(cfg.rms_norm_eps, pdt, name="post_norm")(x)
     gate = proj("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(h, deterministic)
@@ -227,6 +229,14 @@ def abstract_variables(config: LlamaConfig, lora_config: LoraConfig | None = Non
 
 
 def init_params(config: LlamaConfig, rng) -> dict:
-  """Random base weights (for unit tests with tiny configs)."""
+  """Random base weights (for unit tests with tiny configs).
+
+  Compiled once per config: run eagerly, Flax's init dispatches every initializer and the layer
+  scan op by op (~3x the compile time, again for every call)."""
+  return _jitted_init(config)(rng)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(config: LlamaConfig):
   ids = jnp.zeros((1, 1), jnp.int32)
-  return nn.unbox(Llama(config).init(rng, ids, ids))["params"]
+  return jax.jit(lambda rng: nn.unbox(Llama(config).init(rng, ids, ids))["params"])

@@ -40,11 +40,12 @@ class LoadedModel:
 
 
 def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: str = "float32",
-               mesh=None, remat: bool = False, matmul_dtype: str = "",
+               mesh=None, remat: bool = False, matmul_dtype: str = "", kernels: str = "auto",
                tokenizer: str | None = None, check_tokenizer_vocab: bool = True) -> LoadedModel:
   """Loads a GGUF file or an HF directory (None: the embedded SmolLM2-135M-Instruct GGUF).
 
   matmul_dtype: operands of the base-weight products ("" = dtype; see LlamaConfig).
+  kernels: "auto" | "cpu" | "xla", the implementation of the products and attention (ops.py).
   tokenizer: a directory with the tokenizer files, for weights that come without them (default:
   the model's own directory, or the tokenizer inside the GGUF file).
   check_tokenizer_vocab: refuse a tokenizer with more tokens than the model's vocab_size; False
@@ -66,7 +67,7 @@ def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: 
   hf_config = json.loads(files.read_text(config_path))
   try:
     config = LlamaConfig.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                 matmul_dtype=matmul_dtype)
+                                 matmul_dtype=matmul_dtype, kernels=kernels)
   except (KeyError, ValueError) as e:
     raise UserError(f"{config_path}: {e}") from None
   if tokenizer is not None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from bigrec_jax import files
 from bigrec_jax.files import UserError, atomic_path, write_json
+from bigrec_jax.model import ops
 from bigrec_jax.model.config import LORA_TARGETS, PROJECTIONS, LlamaConfig, LoraConfig
 
 
@@ -64,6 +65,12 @@ def _fold(params, lora, scale):
   layers = dict(params["layers"])
   for name, ab in lora["layers"].items():
     k = layers[name]["kernel"]
+    if isinstance(k, ops.PackedHalf) or not jnp.issubdtype(k.dtype, jnp.floating):
+      what = "packed 16-bit bits (ops.PackedHalf)" if isinstance(k, ops.PackedHalf) else k.dtype
+      raise ValueError(
+          f"lora.merge/unmerge: the {name} kernel is {what}, not a float weight; merge into the "
+          "float params (model.params), then prepare them for decoding "
+          "(generate.decoder.cast_projections)")
     layers[name] = {**layers[name], "kernel": (k + _delta(ab, scale).astype(k.dtype))}
   return {**params, "layers": layers}
 

@@ -18,6 +18,7 @@ import torch
 
 from bigrec_jax.generate import beam_search, decoder
 from bigrec_jax.model import LlamaConfig, forward, init_params
+from common_fixtures import save_tiny_hf
 
 TINY = LlamaConfig(vocab_size=5, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=8, eos_token_id=1, pad_token_id=0, bos_token_id=None)
@@ -99,46 +100,48 @@ def test_brute_force_beam_width_vocab_pow_steps_finds_the_best_sequences():
     assert (np.asarray(out.tokens[row])[np.asarray(out.lengths[row]) < steps, -1] == 0).all()
 
 
-def test_decode_layouts_give_the_same_search():
-  """Projection kernels cast to bfloat16 at every step or once before the search (stored as
-  their uint16 bits, which XLA:CPU does not widen to float32 in the decode loop): one result."""
-  config = TINY.replace(matmul_dtype="bfloat16")
+@pytest.mark.parametrize("kernels", ["cpu", "xla"])
+def test_decode_layouts_give_the_same_search(kernels):
+  """Projection kernels cast to bfloat16 at every step or once before the search; on the cpu
+  kernels path stored as their uint16 bits (ops.PackedHalf, which XLA:CPU does not widen to
+  float32 in the decode loop), on the xla path as bfloat16: one result, on either path."""
+  from bigrec_jax.model import ops
+
+  config = TINY.replace(matmul_dtype="bfloat16", kernels=kernels)
   params = _tiny_params(config, seed=2)
   packed = decoder.cast_projections(config, params)
-  kernel_dtypes = {sub["kernel"].dtype for sub in packed["layers"].values() if "kernel" in sub}
-  assert kernel_dtypes == {np.dtype(np.uint16)}
+  kernels_of = [sub["kernel"] for sub in packed["layers"].values() if "kernel" in sub]
+  if kernels == "cpu":
+    assert all(isinstance(k, ops.PackedHalf) and k.bits.dtype == np.uint16 for k in kernels_of)
+  else:
+    assert {k.dtype for k in kernels_of} == {jnp.dtype(jnp.bfloat16)}
   prompts = np.array([[2, 3, 4, 2, 5], [0, 0, 4, 3, 6]], np.int32)
   masks = (prompts > 0).astype(np.int32)
   sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=5,
                                 eos_token_id=config.eos_token_id, pad_token_id=0)
-  outs = [beam_search.search(config, sc, p, prompts, masks)
-          for p in (params, packed)]
-  for out in outs[1:]:
-    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(outs[0].tokens))
-    np.testing.assert_allclose(np.asarray(out.scores), np.asarray(outs[0].scores), atol=1e-5)
+  reference = beam_search.search(TINY.replace(matmul_dtype="bfloat16", kernels="cpu"), sc, params,
+                                 prompts, masks)
+  for p in (params, packed):
+    out = beam_search.search(config, sc, p, prompts, masks)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(reference.tokens))
+    np.testing.assert_allclose(np.asarray(out.scores), np.asarray(reference.scores), atol=1e-4)
 
 
 def _tiny_hf(tmp_path, seed: int):
   """A tiny transformers Llama whose EOS is likely, saved and loaded as our model."""
-  from transformers import AutoTokenizer, LlamaConfig as HFConfig, LlamaForCausalLM
-
-  from bigrec_jax import assets
   from bigrec_jax.model import load_model
-  from bigrec_jax.model.loading import _convert_gguf
 
-  torch.manual_seed(seed)
-  hf = LlamaForCausalLM(HFConfig(
-      vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
-  with torch.no_grad():
+  def eos_competes(hf):
     hf.lm_head.weight.mul_(60.0)
     # Point EOS's output row along the typical final hidden state, so EOS competes.
     probe = hf.model(input_ids=torch.randint(3, 64, (4, 8))).last_hidden_state.reshape(-1, 32)
     direction = probe.mean(0) / probe.mean(0).norm()
     hf.lm_head.weight[2] = 2.0 * direction * hf.lm_head.weight[3:].norm(dim=1).mean()
-  hf.save_pretrained(tmp_path)
-  AutoTokenizer.from_pretrained(_convert_gguf(assets.smollm2_gguf())).save_pretrained(tmp_path)
+
+  hf = save_tiny_hf(tmp_path, seed=seed, edit=eos_competes, vocab_size=64, hidden_size=32,
+                    intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0)
   return hf, load_model(str(tmp_path), check_tokenizer_vocab=False)  # ids, not text
 
 
