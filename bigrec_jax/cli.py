@@ -412,6 +412,8 @@ def define_flags_from(section, helps: dict[str, str],
     value = section[name]
     if choices and name in choices:
       holders[name] = flags.DEFINE_enum(name, value, list(choices[name]), help_text)
+    elif isinstance(value, (tuple, list)):  # a comma-separated list; the launcher converts it
+      holders[name] = flags.DEFINE_list(name, [str(v) for v in value], help_text)
     else:
       holders[name] = define[type(value)](name, value, help_text)
     flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
