@@ -102,7 +102,7 @@ def stage_order(config) -> tuple[str, ...]:
   """STAGES, with baselines before generate when the search is guided by one of them."""
   g = config.generate
   cf_metric = g.guidance_grid and "+cf:" in g.guidance_metric  # alpha chosen with CF grounding
-  if g.get("assistant", "none") in ("none", "mostpop") and not cf_metric:
+  if g.assistant in ("none", "mostpop") and not cf_metric:
     return STAGES
   return ("prepare", "train", "baselines", "generate", "evaluate", "report")
 
