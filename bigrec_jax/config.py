@@ -182,7 +182,7 @@ def _check_train(config) -> None:
                     f"{config.model.matmul_dtype!r}")
   from bigrec_jax.model.ops import KERNELS
 
-  if config.model.get("kernels", "auto") not in KERNELS:
+  if config.model.kernels not in KERNELS:
     raise UserError(f"--config.model.kernels must be one of {KERNELS}, got "
                     f"{config.model.kernels!r}")
   if len(tuple(config.mesh.shape)) != len(parallel.MESH_AXES):

@@ -176,7 +176,7 @@ def generate_stage(config, paths: Paths) -> dict:
        for split in splits], options, model_path=config.model.path or None,
       adapter=paths.train, items=os.path.join(paths.data, "items.tsv"),  # adapter/ or model/
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
-      matmul_dtype=config.model.matmul_dtype, kernels=config.model.get("kernels", "auto"),
+      matmul_dtype=config.model.matmul_dtype, kernels=config.model.kernels,
       tokenizer=config.model.tokenizer or None, **guided)
   if guided["alpha_grid"]:
     for summary in summaries:

@@ -182,7 +182,7 @@ def jax_train(config, steps: int, workdir: str, *, model=None, train_data=None,
     model = load_model(config.model.path or None, dtype=config.model.dtype,
                        param_dtype=config.model.param_dtype, mesh=mesh,
                        matmul_dtype=config.model.matmul_dtype,
-                       tokenizer=config.model.get("tokenizer") or None)
+                       tokenizer=config.model.tokenizer or None)
   mc = model.config
   params = jax.device_put(model.params, step_lib.param_shardings(mc, mesh))
   if train_data is None:
@@ -360,7 +360,7 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
   if model is None:
     model = runner.load_merged_model(config.model.path or None, adapter, dtype=config.model.dtype,
                                      matmul_dtype=config.model.matmul_dtype,
-                                     tokenizer=config.model.get("tokenizer") or None)
+                                     tokenizer=config.model.tokenizer or None)
   options = runner.GenerateOptions(
       num_beams=g.num_beams, num_return_sequences=g.num_return_sequences,
       max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,

@@ -288,7 +288,7 @@ def _train(config, workdir: str, *, model=None, train_data=None, valid_data=None
     model = load_model(config.model.path or None, dtype=config.model.dtype,
                        param_dtype=config.model.param_dtype, mesh=mesh, remat=config.model.remat,
                        matmul_dtype=config.model.matmul_dtype,
-                       kernels=config.model.get("kernels", "auto"),
+                       kernels=config.model.kernels,
                        tokenizer=config.model.tokenizer or None)
   model_config = model.config
   params = jax.device_put(model.params, step_lib.param_shardings(model_config, mesh))
