@@ -134,3 +134,18 @@ def test_lora_targets_are_names_all_linear_or_a_regex():
     config_lib.check(c)
     assert loop.lora_config_of(c).targets == want, override
     assert loop.made_with(c)["lora.targets"] == want
+
+
+def test_no_code_restates_a_config_default():
+  """Defaults live in configs/default.py: no `config.<section>.get(field, default)` in the code."""
+  import glob
+  import os
+  import re
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  pattern = re.compile(r"\bconfig\.(?:model|lora|data|train|mesh|generate|ground|pipeline)"
+                       r"\.get\(")
+  hits = [f"{path}:{i}" for path in glob.glob(os.path.join(root, "bigrec_jax", "**", "*.py"),
+                                              recursive=True)
+          for i, line in enumerate(open(path), 1) if pattern.search(line)]
+  assert not hits, hits
