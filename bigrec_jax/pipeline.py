@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -398,6 +399,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
     for name in plan:
       record = {"config": _stage_config(config, name),
                 "inputs": {s: _token(paths, s) for s in _stage_inputs(config, name)}}
+      record["hash"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
       summaries[name] = run_stage(paths, name, stages[name], plan[name], log, record)
   if "report" in summaries:
     log(f"[pipeline] report: {paths.report}")

@@ -39,6 +39,9 @@ def test_a_changed_field_is_an_error_naming_it_and_the_force_flag(ran, tmp_path)
   _go(tmp_path)
   assert [s for s, _ in ran] == list(pl.STAGES)
   ran.clear()
+  record = json.loads((tmp_path / "stages" / "train.json").read_text())["made_with"]
+  assert record["config"]["lora.targets"] == ["q_proj", "v_proj"] and len(record["hash"]) == 64
+  assert set(record["inputs"]) == {"prepare"}
   _go(tmp_path)
   assert ran == []  # same config: every stage skipped
   with pytest.raises(UserError) as e:
