@@ -100,3 +100,17 @@ def test_generation_with_an_alpha_grid_reads_the_grounding_fields(ran, tmp_path)
   _go(tmp_path / "plain")
   with pytest.raises(UserError, match="stage evaluate .*ground.pop_gammas"):
     _go(tmp_path / "plain", ground__pop_gammas=(0.0, 1.0))
+
+
+def test_a_resumed_train_stage_with_other_lora_targets_names_the_force_flag(monkeypatch, tmp_path):
+  """The train stage died (no marker) and its checkpoints were made with other LoRA targets."""
+  from bigrec_jax.train import checkpoint, loop
+
+  def refuse(config, workdir):
+    raise checkpoint.ConfigMismatch(f"{workdir}/checkpoints: checkpoint step 4 was made with "
+                                    "another config (lora.targets=(q_proj,k_proj) in this run)")
+
+  monkeypatch.setattr(loop, "train", refuse)
+  with pytest.raises(UserError, match=r"lora.targets=\(q_proj,k_proj\).*--force_stage=train "
+                     "trains afresh"):
+    pl.train_stage(tiny.get_config(), pl.Paths(str(tmp_path)))
