@@ -31,4 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   # reference's alpha default is 0 (DRO off); alpha=1.0 is our choice (README, DROS).
   config.dros = ml_collections.ConfigDict(dict(backbone="sasrec", loss="bce", alpha=1.0,
                                                beta=1.0, ps_power=0.05))
+  # The pipeline's baselines stage (launch/train_baseline.py takes --model instead).
+  config.models = ("sasrec", "gru4rec", "caser", "mostpop")
+  config.few_shot = True  # also train on the LLM's few-shot sample
+  config.lock()  # a misspelt field is an error naming it, as for configs/default.py
   return config

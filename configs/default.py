@@ -137,9 +137,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Sequential baselines trained on the same examples (configs/baselines.py holds their knobs).
   from configs import baselines as baselines_config  # pylint: disable=g-import-not-at-top
 
-  c.baselines = baselines_config.get_config()
-  c.baselines.models = ("sasrec", "gru4rec", "caser", "mostpop")
-  c.baselines.few_shot = True  # also train on the LLM's few-shot sample
+  c.baselines = baselines_config.get_config()  # also which ones the pipeline runs (models)
 
   c.pipeline = ml_collections.ConfigDict()
   c.pipeline.stages = ()  # () = all: prepare, train, generate, baselines, evaluate, report

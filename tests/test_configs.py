@@ -70,3 +70,6 @@ def test_a_misspelt_field_in_a_python_built_config_is_an_error_naming_it():
     c.generate["num_beam"] = 2
   c.train.learning_rate = 3e-4  # existing fields still change
   assert c.train.learning_rate == 3e-4
+  baselines = importlib.import_module("configs.baselines").get_config()  # train_baseline.py's
+  with pytest.raises(AttributeError, match="max_epoch"):
+    baselines.train.max_epoch = 3
