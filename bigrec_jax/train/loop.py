@@ -89,13 +89,6 @@ def data_dirs(config) -> list[str]:
   return [d for d in dirs if d]
 
 
-def validate_config(config, *, need_data: bool = True, check_devices: bool = True,
-                    num_devices: int | None = None) -> None:
-  """`config.check` (the one checker), by default with the run's data directories and devices."""
-  config_lib.check(config, need_data=need_data, check_devices=check_devices,
-                   num_devices=num_devices)
-
-
 def _load_data(config, tokenizer):
   """Tokenized (train, valid) sets of the configured prepared directories."""
   from bigrec_jax.data import prepared, tokenize
@@ -277,7 +270,7 @@ def _train(config, workdir: str, *, model=None, train_data=None, valid_data=None
   from bigrec_jax.data.tokenize import shared_prefix_length
   from bigrec_jax.model import load_model
 
-  validate_config(config, need_data=train_data is None)
+  config_lib.check(config, need_data=train_data is None, check_devices=True)
   owns_model = model is None
   workdir = files.abspath(workdir)
   t = config.train
