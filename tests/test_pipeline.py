@@ -12,9 +12,25 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_ENV = dict(os.environ)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """Every launcher run of this module shares one persistent JAX compilation cache: the stages
+  that run again (rerun, the reproduction run, guided generation, recommend) load the programs
+  the first run compiled instead of compiling them again."""
+  _ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  yield
+  _ENV.clear()
+  _ENV.update(os.environ)
+
+
 def _run(*args, timeout=1500):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
+                        timeout=timeout, env=_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -77,27 +93,74 @@ def test_recommend_from_liked_titles(tiny_run):
   assert "Toy Story" not in titles and "Star Wars" not in titles
 
 
+def _table_row(table: str, name: str) -> list[str]:
+  """The cells of the markdown table row whose first cell is `name`."""
+  for line in table.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if cells[0] == name:
+      return cells
+  raise AssertionError(f"no row {name!r} in\n{table}")
+
+
 def test_ablation_table_compares_runs_on_the_same_rows(tiny_run, tmp_path):
+  """Two different runs on the same rows: each row of the table shows that run's own numbers."""
+  import collections
   import shutil
 
   workdir, _ = tiny_run
+  # Run b: every best beam is the row's target title, and its BIGRec test metrics are others.
+  b = str(tmp_path / "b")
+  shutil.copytree(workdir, b)
+  titles = [line.split("\t", 1)[1].rstrip("\n")
+            for line in open(os.path.join(b, "data", "items.tsv"))]
+  rows = json.load(open(os.path.join(b, "predictions", "test.json")))
+  for row in rows:
+    row["predict"] = [f'"{titles[row["target_item_id"]]}"\n'] + row["predict"][1:]
+  json.dump(rows, open(os.path.join(b, "predictions", "test.json"), "w"))
+  ev_b = json.load(open(os.path.join(b, "eval", "metrics.json")))
+  ev_b["methods"]["bigrec"]["test"].update({"NDCG@10": 0.5, "HR@10": 0.75, "HR@1": 0.25})
+  json.dump(ev_b, open(os.path.join(b, "eval", "metrics.json"), "w"))
   out = str(tmp_path / "ablation.md")
-  r = _run("launch/ablate.py", f"--run=a={workdir}", f"--run=b={workdir}", f"--out={out}")
+  r = _run("launch/ablate.py", f"--run=a={workdir}", f"--run=b={b}", f"--out={out}")
   assert r.returncode == 0, r.stderr[-3000:]
   table = open(out).read()
-  assert "Test rows: 16" in table and "| a |" in table and "| b |" in table
+  assert "Test rows: 16" in table
+  head = _table_row(table, "run")
+  cell_a, cell_b = dict(zip(head, _table_row(table, "a"))), dict(zip(head, _table_row(table, "b")))
+  ours = json.load(open(os.path.join(workdir, "eval", "metrics.json")))["methods"]["bigrec"]["test"]
+  assert cell_a["bigrec NDCG@10 / HR@10"] == f"{ours['NDCG@10']:.4f} / {ours['HR@10']:.4f}"
+  assert cell_a["bigrec HR@1"] == f"{ours['HR@1']:.4f}"
+  assert cell_b["bigrec NDCG@10 / HR@10"] == "0.5000 / 0.7500" and cell_b["bigrec HR@1"] == "0.2500"
+  sasrec = json.load(open(os.path.join(workdir, "baselines", "sasrec", "metrics.json")))
+  sasrec = sasrec["methods"]["sasrec"]["test"]
+  for cells in (cell_a, cell_b):  # the baselines are the same files in both runs
+    assert cells["sasrec NDCG@10 / HR@10"] == f"{sasrec['NDCG@10']:.4f} / {sasrec['HR@10']:.4f}"
+  # b's generation columns, counted here from its predictions.
+  targets = collections.Counter(titles[row["target_item_id"]] for row in rows)
+  top, count = targets.most_common(1)[0]
+  assert cell_b["single title"] == "100.0%" and cell_b["catalog title"] == "100.0%"
+  assert cell_b["distinct titles"] == str(len(targets))
+  assert cell_b["top title (share)"] == f"{top} ({100 * count / len(rows):.1f}%)"
   summaries = json.load(open(str(tmp_path / "ablation.json")))
-  assert summaries[0]["methods"]["bigrec"] == summaries[1]["methods"]["bigrec"]
-  assert 0.0 <= summaries[0]["generation"]["single_title"] <= 1.0
+  assert [s["name"] for s in summaries] == ["a", "b"]
+  assert summaries[0]["methods"]["bigrec"] == ours
+  assert summaries[1]["methods"]["bigrec"]["NDCG@10"] == 0.5
+  assert summaries[1]["generation"]["single_title"] == 1.0
+  assert summaries[0]["generation"] != summaries[1]["generation"]
   # The pipeline's report shows the compared runs too.
   same = str(tmp_path / "same")
   shutil.copytree(workdir, same)
   r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={same}",
            "--stages=report", "--force_stage=report",
-           f"--config.pipeline.compare=('first={workdir}',)")
+           f"--config.pipeline.compare=('first={b}',)")
   assert r.returncode == 0, r.stderr[-3000:]
   report = open(os.path.join(same, "report.md")).read()
-  assert "## Compared runs (same test rows)" in report and "| first |" in report
+  assert "## Compared runs (same test rows)" in report
+  compared = report[report.index("## Compared runs"):]
+  head = _table_row(compared, "run")
+  assert dict(zip(head, _table_row(compared, "this run"))) == {**cell_a, "run": "this run"}
+  assert dict(zip(head, _table_row(compared, "first")))["bigrec NDCG@10 / HR@10"] == (
+      "0.5000 / 0.7500")
   # Other rows: refused, naming the run, no traceback, nothing written.
   other = str(tmp_path / "other")
   shutil.copytree(workdir, other)
@@ -115,9 +178,22 @@ def test_ablation_table_compares_runs_on_the_same_rows(tiny_run, tmp_path):
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "launch", "**", "*.py"),
                                                 recursive=True)))
 def test_every_launcher_answers_help(launcher):
+  """--help lists the launcher's own flags under its own name, with its docstring's first line."""
+  import ast
+  import re
+
+  source = open(os.path.join(ROOT, launcher)).read()
+  defined = re.findall(r"flags\.DEFINE_\w+\(\s*[\"'](\w+)[\"']", source)
+  assert defined, f"{launcher} defines no flags"
   r = _run(launcher, "--help", timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "flags:" in r.stdout or "--" in r.stdout
+  out = r.stdout
+  assert f"{launcher}:" in out, out[:2000]
+  own = out[out.index(f"{launcher}:"):]
+  for name in defined:
+    assert re.search(rf"^\s+--(\[no\])?{name}:", own, re.M), (name, own[:3000])
+  doc = ast.get_docstring(ast.parse(source))
+  assert doc and doc.splitlines()[0].strip() in out
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -126,6 +202,7 @@ def test_every_launcher_answers_help(launcher):
     (["--config.generate.num_return_sequences=8"], "num_return_sequences"),
     (["--config.lora.targets=('q_proj','qkv')"], "qkv"),
     (["--config.ground.ks=(10,5)"], "ks"),
+    (["--config.model.kernels=triton"], "--config.model.kernels must be one of"),
     (["--config.ground.beams=5"], "--config.ground.beams=5: must be in 1..num_return_sequences"),
     (["--force_stage=bake"], "bake"),
     ([], "--workdir"),
@@ -173,6 +250,7 @@ def test_same_config_and_seed_reproduce_bit_identical_outputs(tiny_run, tmp_path
 
 
 def test_multi_seed_report_gives_mean_and_spread(tiny_run, tmp_path):
+  """Two seeds with different numbers: the report's mean and (population) std are theirs."""
   import shutil
 
   from bigrec_jax import pipeline
@@ -180,11 +258,31 @@ def test_multi_seed_report_gives_mean_and_spread(tiny_run, tmp_path):
   first, _ = tiny_run
   for seed in (0, 1):
     shutil.copytree(first, tmp_path / f"seed_{seed}")
+  ev_path = tmp_path / "seed_1" / "eval" / "metrics.json"
+  ev = json.loads(ev_path.read_text())
+  pop0 = ev["methods"]["bigrec+pop"]["test"]["NDCG@10"]
+  ev["methods"]["bigrec+pop"]["test"]["NDCG@10"] = pop0 + 0.2
+  ev_path.write_text(json.dumps(ev))
+  sas_path = tmp_path / "seed_1" / "baselines" / "sasrec" / "metrics.json"
+  sas = json.loads(sas_path.read_text())
+  hr0 = sas["methods"]["sasrec"]["test"]["HR@10"]
+  sas["methods"]["sasrec"]["test"]["HR@10"] = hr0 + 0.1
+  sas_path.write_text(json.dumps(sas))
   path = pipeline.write_seed_report(str(tmp_path), [0, 1])
   text = open(path).read()
-  assert "seeds [0, 1]" in text and "| bigrec+pop |" in text and "± 0.0000" in text
   summary = json.load(open(tmp_path / "seeds_summary.json"))
-  assert summary["sasrec"]["NDCG@10"]["std"] == 0.0
+  assert summary["bigrec+pop"]["NDCG@10"]["mean"] == pytest.approx(pop0 + 0.1)
+  assert summary["bigrec+pop"]["NDCG@10"]["std"] == pytest.approx(0.1)
+  assert summary["sasrec"]["HR@10"]["mean"] == pytest.approx(hr0 + 0.05)
+  assert summary["sasrec"]["HR@10"]["std"] == pytest.approx(0.05)
+  assert summary["sasrec"]["NDCG@10"]["std"] == 0.0  # unchanged across the seeds
+  assert summary["bigrec"] == {c: {"mean": v, "std": 0.0}
+                               for c, v in ev["methods"]["bigrec"]["test"].items()
+                               if c in summary["bigrec"]}
+  assert "seeds [0, 1]" in text
+  row = _table_row(text, "bigrec+pop")
+  head = _table_row(text, "method")
+  assert dict(zip(head, row))["NDCG@10"] == f"{pop0 + 0.1:.4f} ± 0.1000"
 
 
 def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
