@@ -4,8 +4,10 @@
   python launch/pipeline.py --config=configs/demo.py --workdir=runs/demo --force_stage=evaluate
   python launch/pipeline.py --config=configs/movie_llama7b.py --config.seeds=0,1,2 --workdir=...
 
-Completed stages are skipped on a rerun (resume after a crash). Every config field can be
-overridden with --config.<section>.<field>=value; see configs/default.py for all of them.
+Completed stages are skipped on a rerun (resume after a crash); one completed with other values
+of the fields it reads stops the run before any work, naming them and the --force_stage that
+redoes it. Every config field can be overridden with --config.<section>.<field>=value; see
+configs/default.py for all of them.
 """
 import os
 import sys
@@ -20,8 +22,9 @@ from bigrec_jax.files import UserError
 _CONFIG = cli.define_config_file("config", "configs/demo.py",
                                  "Pipeline config file (configs/*.py); every field: --config.a.b=...")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of the run (resumable).")
-_FORCE = flags.DEFINE_multi_string("force_stage", [], "Redo a stage even if it is complete "
-                                   "(prepare, train, generate, baselines, evaluate, report, all).")
+_FORCE = flags.DEFINE_multi_string("force_stage", [], "Redo a stage from scratch, and the stages "
+                                   "that read it, even if complete (prepare, train, generate, "
+                                   "baselines, evaluate, report, all).")
 _STAGES = flags.DEFINE_list("stages", [], "Run only these stages (default: all).")
 _INIT_DISTRIBUTED = cli.define_multihost_flags()
 
