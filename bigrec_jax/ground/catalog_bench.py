@@ -9,11 +9,15 @@ block of a random float32 catalog as shards (catalog_shards.build_shards), place
 its shards, grounds one query batch to warm up and then all queries (top-K + target rank, plain L2)
 `repeats` times timed (compile time measured and left out), and reports queries/s and its peak
 RSS (VmHWM) after placement and after grounding. `run_with_single_process` then runs one process
-with all P x devices_per_process devices on the same shards: the single-process case next to it. On a TPU slice / GPU cluster run `--worker` yourself on every host (see BUILD.md).
+with all P x devices_per_process devices on the same shards: the single-process case next to it.
+On a TPU slice / GPU cluster run `--worker` yourself on every host (BUILD.md, "A catalog no
+single host holds"): `--mesh` and `--item_axes` choose the layout (e.g. --mesh=2,-1,1
+--item_axes=fsdp,tensor: two replicas of the table, the query rows split between them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -49,12 +53,14 @@ def _worker(a) -> None:
   t0 = time.perf_counter()
   catalog_shards.build_shards(a.catalog, a.items, a.dim, embed, source="synthetic:normal",
                               config=catalog_shards.config_hash(seed=a.seed), dtype=a.dtype,
-                              log=lambda m: None)
+                              num_shards=a.num_shards or None, log=lambda m: None)
   multihost_utils.sync_global_devices("built")
   build_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  mesh = parallel.make_mesh((-1, 1, 1))
-  items = catalog_shards.place_catalog(a.catalog, mesh)
+  mesh = parallel.make_mesh(tuple(int(x) for x in a.mesh.split(",")))
+  rules = parallel.logical_rules({"items": a.item_axes}) if a.item_axes else contextlib.nullcontext()
+  with rules:
+    items = catalog_shards.place_catalog(a.catalog, mesh)
   jax.block_until_ready(items.scoring)
   place_s, rss_place = time.perf_counter() - t0, _vm("VmHWM")
   rng = np.random.default_rng(a.seed + 1)
@@ -84,6 +90,8 @@ def _worker(a) -> None:
     times.append(time.perf_counter() - t0 - compile_s[0])
   sec = float(np.median(times))
   out = {"process": jax.process_index(), "devices": jax.local_device_count(),
+         "mesh": dict(mesh.shape), "item_axes": list(items.item_axes),
+         "query_axes": list(items.query_axes),
          "build_s": round(build_s, 2), "place_s": round(place_s, 2),
          "warmup_rows": warm, "warmup_call_s": round(first_s, 2),
          "compile_s": round(compiles[0], 2), "timed_calls": len(times), "seconds": round(sec, 3),
@@ -172,13 +180,20 @@ def main() -> None:
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--query_batch", type=int, default=0)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--catalog", default=None)
+  ap.add_argument("--catalog", default=None, help="The sharded catalog directory (built if "
+                  "missing; on a cluster a path every host sees).")
+  ap.add_argument("--num_shards", type=int, default=0, help="0: about 2^20 items each.")
+  ap.add_argument("--mesh", default="-1,1,1", help="(data, fsdp, tensor) mesh shape.")
+  ap.add_argument("--item_axes", default="", help="Mesh axes of the item table (default: "
+                  "every axis); e.g. fsdp,tensor: rows split over data.")
   ap.add_argument("--process_id", type=int, default=0)
   ap.add_argument("--num_processes", type=int, default=2)
   ap.add_argument("--devices_per_process", type=int, default=4)
   ap.add_argument("--coordinator_address", default="")
   a = ap.parse_args()
   if a.worker:
+    if not a.catalog:
+      ap.error("--worker needs --catalog=DIR")
     _worker(a)
   else:
     print(json.dumps(run_multiprocess_ground(

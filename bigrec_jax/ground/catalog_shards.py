@@ -38,6 +38,10 @@ Grounding across processes is the kernel itself (`kernel.ground`, `kernel.target
 a mesh over all devices of all processes: every process passes the same queries and targets, the
 item shards never move, the per-shard top-K are merged exactly and the target counts summed; the
 results are replicated, so every process gets the same numpy arrays as a single-process run.
+Placed under `parallel.logical_rules({"items": "fsdp,tensor"})` (config mesh.rules.items) on a
+mesh with data > 1, the table is sharded over fsdp x tensor, replicated over data, and the query
+rows split over data (kernel.query_axes_of): data-parallel replicas of a sharded catalog; each
+process still reads only the rows its devices hold, once per process.
 """
 from __future__ import annotations
 
@@ -291,18 +295,19 @@ def _item_sharding(mesh: Mesh, ndim_before: int = 0, ndim_after: int = 0):
 
 
 def _from_blocks(shape, sharding: NamedSharding, make_block) -> jax.Array:
-  """A global array built one addressable device at a time (each host block freed once placed).
+  """A global array built one host block at a time (each freed once placed on its devices).
 
-  Devices holding the same index (replicas) share one host block."""
-  arrays, cache = [], {}
-  index_map = sharding.addressable_devices_indices_map(shape)
-  for device, index in index_map.items():
+  Devices holding the same index (replicas over axes the array is not sharded on, e.g. data
+  when the items span fsdp x tensor) share one host block: each block is read once."""
+  groups: dict[tuple, tuple] = {}
+  for device, index in sharding.addressable_devices_indices_map(shape).items():
     key = tuple((s.start, s.stop) for s in index)
-    if key not in cache:
-      cache.clear()
-      cache[key] = make_block(index)
-    arrays.append(jax.device_put(cache[key], device))
-  cache.clear()
+    groups.setdefault(key, (index, []))[1].append(device)
+  arrays = []
+  for index, devices in groups.values():
+    block = make_block(index)
+    arrays.extend(jax.device_put(block, d) for d in devices)
+    del block
   return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 

@@ -9,6 +9,15 @@ block bigger than [query_batch x items_per_shard] exists at any time; by default
 from a memory budget (`auto_query_batch`). Queries may be numpy or already on the device; row
 padding to whole batches happens on the device, inside the jitted function.
 
+Query rows split over the mesh axes the item table does not span (`query_axes_of`): with the
+default rules ("items" -> data, fsdp, tensor) that is none, every device sees every query and
+holds 1/devices of the catalog; with `mesh.rules.items = "fsdp,tensor"` the table is sharded over
+fsdp x tensor and replicated over `data`, and each data index grounds its own contiguous slice of
+the rows (padded to whole batches of `query_batch` rows per slice), so data-parallel replicas of
+a sharded catalog split the query batches. The top-K merge and the rank sums run over the item
+axes only; results are replicated afterwards, identical to a single-process run with the same
+batch size (only the matmul tiling of the float distances can differ by an ulp, as below).
+
 Ranking key (lower is better), REFERENCE.md "Step 2":
   s  = [q, 1] . [2e, -||e||^2] = 2 q.e - ||e||^2       (one matmul against the placed table)
   D  = sqrt(max(||q||^2 - s, 0))                       (the L2 distance, cdist's clamp)
@@ -82,6 +91,14 @@ class ItemTable:
   def dim(self) -> int:
     return int(self.scoring.shape[1]) - 1
 
+  @property
+  def query_axes(self) -> tuple[str, ...]:
+    return query_axes_of(self.mesh, self.item_axes)
+
+  @property
+  def query_shards(self) -> int:
+    return _num_shards(self.mesh, self.query_axes)
+
 
 class Grounded(NamedTuple):
   top_ids: np.ndarray | None  # [Q, K] int32, best first
@@ -97,6 +114,14 @@ def item_axes_of(mesh: Mesh | None) -> tuple[str, ...]:
   if spec is None:
     return ()
   return (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def query_axes_of(mesh: Mesh | None, item_axes: tuple[str, ...]) -> tuple[str, ...]:
+  """The mesh axes query rows split over: those of size > 1 the item table does not span (the
+  table is replicated over them), e.g. `data` when config mesh.rules.items = "fsdp,tensor"."""
+  if mesh is None:
+    return ()
+  return tuple(a for a in mesh.axis_names if a not in item_axes and mesh.shape[a] > 1)
 
 
 def _num_shards(mesh: Mesh | None, axes: tuple[str, ...]) -> int:
@@ -231,10 +256,12 @@ class _Config:
   gamma_batch: int
   plain: bool  # both gammas statically 0 (and one beam): order by s alone (see _shard_body)
   beams: int  # predictions per row combined into one distance (1: the plain [Q, D] queries)
+  query_axes: tuple[str, ...] = ()  # mesh axes the rows split over (query_axes_of)
 
 
 def _shard_body(cfg: _Config, n_local: int, q, e, pop, cf, targets, gammas, weights):
-  """One shard: q [Qp, D+1] / [Qp, Nb, D+1] replicated, e [Nl, D+1], pop [Nl], cf [Qp, Nl].
+  """One shard: q [Ql, D+1] / [Ql, Nb, D+1] (all rows, or this data index's slice of them when
+  the rows split over query axes), e [Nl, D+1], pop [Nl], cf [Ql, Nl].
 
   Plain mode ranks by s = 2 q.e - ||e||^2 straight from the matmul (descending s = ascending
   distance) and takes the square root of the K winners only. The other modes compute D from
@@ -315,20 +342,21 @@ def _run(q, e, pop, cf, targets, gammas, weights, *, cfg: _Config):
   """Pads the rows to whole batches on the device, runs the shards, merges, trims the padding."""
   shards = _num_shards(cfg.mesh, cfg.axes)
   n_local = e.shape[0] // shards
-  qp = -(-cfg.rows // cfg.batch) * cfg.batch
+  step = cfg.batch * _num_shards(cfg.mesh, cfg.query_axes)  # whole batches on every row slice
+  qp = -(-cfg.rows // step) * step
   q = q.astype(jnp.float32)
   q = jnp.concatenate([q, jnp.ones(q.shape[:-1] + (1,), jnp.float32)], axis=-1)  # [q, 1]
   q, cf, targets, weights = (_pad_rows(x, qp) for x in (q, cf, targets, weights))
   body = functools.partial(_shard_body, cfg, n_local)
-  if cfg.axes:
-    items = _spec(cfg.axes)
+  if cfg.axes or cfg.query_axes:
+    items, rows = _spec(cfg.axes), _spec(cfg.query_axes)
     out_specs = {}
     if cfg.k and not cfg.grid:
-      out_specs.update(vals=P(None, items), ids=P(None, items))
+      out_specs.update(vals=P(rows, items), ids=P(rows, items))
     if targets is not None:
-      out_specs["ranks"] = P()
-    in_specs = (P(), P(items, None), P(items), None if cf is None else P(None, items),
-                None if targets is None else P(), P(), None if weights is None else P())
+      out_specs["ranks"] = P(None, rows) if cfg.grid else P(rows)
+    in_specs = (P(rows), P(items, None), P(items), None if cf is None else P(rows, items),
+                None if targets is None else P(rows), P(), None if weights is None else P(rows))
     body = jax.shard_map(body, mesh=cfg.mesh, in_specs=in_specs, out_specs=out_specs)
   out = body(q, e, pop, cf, targets, gammas, weights)
   if "vals" in out:
@@ -379,7 +407,9 @@ def _place(x, mesh: Mesh | None, spec):
 def _prepare_rows(items: ItemTable, queries, cf, targets, beam_weights, batch: int | None):
   """Checks the rows and places them (replicated) and cf (item-sharded); no row padding here.
 
-  `queries` may already live on the device (a jax.Array); it is then used as it is.
+  `queries` may already live on the device (a jax.Array, any sharding, e.g. rows over `data`
+  from parallel.global_batch_from_local); it is then used as it is. With query axes the jitted
+  function slices each data index's rows out of the replicated arrays (no transfer).
   """
   if not isinstance(queries, jax.Array):
     queries = np.asarray(queries, dtype=np.float32)
@@ -399,9 +429,10 @@ def _prepare_rows(items: ItemTable, queries, cf, targets, beam_weights, batch: i
     w = np.asarray(beam_weights, dtype=np.float32)
     if w.shape != (q_rows, beams):
       raise ValueError(f"beam_weights have shape {w.shape}, expected {(q_rows, beams)}")
+  per_slice = -(-q_rows // items.query_shards)  # rows per data index (all: no query axes)
   if batch is None:
-    batch = auto_query_batch(q_rows, items.padded_items // items.num_shards, beams)
-  batch = max(1, min(batch, q_rows))
+    batch = auto_query_batch(per_slice, items.padded_items // items.num_shards, beams)
+  batch = max(1, min(batch, per_slice))
   cf_pad = None
   if isinstance(cf, jax.Array):  # already placed, item-sharded (catalog_shards.place_cf)
     if cf.shape != (q_rows, items.padded_items):
@@ -443,7 +474,9 @@ def ground(queries, items: ItemTable, *, k: int = 50, targets=None, cf=None,
   (see the module docstring); targets [Q] or [Q, M] item ids padded with -1 (ids sharing a title
   count as one target: the best of their ranks); cf [Q, N] per-row min-max normalised CF scores
   (higher = better), numpy, or already placed item-sharded and padded (catalog_shards.place_cf).
-  k=0 skips the top-K. query_batch None: from QUERY_BLOCK_ELEMENTS.
+  k=0 skips the top-K. query_batch None: from QUERY_BLOCK_ELEMENTS. On a mesh whose item table
+  leaves the data axis out (query_axes_of), each data index grounds its slice of the rows in
+  batches of query_batch rows.
   Returns numpy arrays of Q rows.
   """
   if not 0 <= k <= items.num_items:
@@ -454,7 +487,7 @@ def ground(queries, items: ItemTable, *, k: int = 50, targets=None, cf=None,
                                                       query_batch)
   plain = gamma_pop == 0 and gamma_cf == 0 and beams == 1
   cfg = _Config(items.mesh, items.item_axes, items.num_items, rows, batch, k, False, 1,
-                plain, beams)
+                plain, beams, items.query_axes)
   gammas = jnp.asarray([[gamma_pop, gamma_cf]], jnp.float32)
   out = jax.device_get(_run(q, items.scoring, items.popularity, None if plain else cf_pad, t,
                             gammas, w, cfg=cfg))
@@ -480,6 +513,6 @@ def target_ranks_grid(queries, items: ItemTable, targets, gammas, *, cf=None,
   q, cf_pad, t, w, rows, batch, beams = _prepare_rows(items, queries, cf, targets, beam_weights,
                                                       query_batch)
   cfg = _Config(items.mesh, items.item_axes, items.num_items, rows, batch, 0, True,
-                max(1, min(gamma_batch, len(gammas))), False, beams)
+                max(1, min(gamma_batch, len(gammas))), False, beams, items.query_axes)
   out = _run(q, items.scoring, items.popularity, cf_pad, t, jnp.asarray(gammas), w, cfg=cfg)
   return np.asarray(jax.device_get(out["ranks"]))

@@ -1,12 +1,15 @@
 """One process of the sharded-catalog tests (test_catalog_shards.py); 4 fake CPU devices each.
 
   python catalog_worker.py CATALOG_DIR OUT_PREFIX --process_id=I --num_processes=P
-      [--coordinator_address=HOST:PORT] [--build_only] [--kill_at_shard=S] [--dtype=bfloat16]
+      --coordinator_address=HOST:PORT [--kill_at_shard=S] [--dtype=bfloat16]
 
---build_only: embed this process's shards and exit (no jax.distributed); --kill_at_shard: the
-process SIGKILLs itself when it starts embedding that shard (a crash mid-build). Otherwise:
-build (resuming), place from the shards, ground, and write OUT_PREFIX.<id>.npz / .json with the
-results, the shard files this process opened and its peak RSS.
+--kill_at_shard: first a forked child (no JAX backend exists yet) embeds this process's shards
+and SIGKILLs itself when it starts shard S (a crash mid-build); the process records which of its
+shards that left finished. Then it joins jax.distributed, builds (resuming), places the table
+from the shards on a (-1, 1, 1) mesh (the item axis over all 8 devices of both processes) and
+grounds; then again on a (data=2, fsdp=4) mesh with the items over fsdp (spanning both processes)
+and the query rows split over data (2 indices inside each process). Writes OUT_PREFIX.<id>.npz /
+.json with the results, the shard files each placement opened and the peak RSS.
 """
 from __future__ import annotations
 
@@ -41,34 +44,52 @@ def main() -> None:
   ap.add_argument("--process_id", type=int, default=0)
   ap.add_argument("--num_processes", type=int, default=1)
   ap.add_argument("--coordinator_address", default="")
-  ap.add_argument("--build_only", action="store_true")
   ap.add_argument("--kill_at_shard", type=int, default=-1)
   ap.add_argument("--dtype", default="float32")
   a = ap.parse_args()
 
   import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
   from bigrec_jax import parallel
   from bigrec_jax.ground import catalog_shards, kernel
 
-  if not a.build_only:
-    parallel.maybe_initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
-    assert jax.process_count() == a.num_processes and jax.device_count() == 4 * a.num_processes
-
   per = -(-cases.NUM_ITEMS // cases.NUM_SHARDS)
 
-  def embed(lo, hi):
-    if lo == a.kill_at_shard * per:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return cases.embed_range(lo, hi)
+  def build(kill_at: int = -1):
+    def embed(lo, hi):
+      if lo == kill_at * per:
+        os.kill(os.getpid(), signal.SIGKILL)
+      return cases.embed_range(lo, hi)
 
-  built = catalog_shards.build_shards(
-      a.catalog, cases.NUM_ITEMS, cases.DIM, embed, source="synthetic:catalog_cases",
-      config=catalog_shards.config_hash(case="catalog_cases", v=1), num_shards=cases.NUM_SHARDS,
-      dtype=a.dtype, process_index=a.process_id, process_count=a.num_processes, log=lambda m: None)
-  stats = {"built": built}
-  if a.build_only:
-    print(json.dumps(stats))
-    return
+    return catalog_shards.build_shards(
+        a.catalog, cases.NUM_ITEMS, cases.DIM, embed, source="synthetic:catalog_cases",
+        config=catalog_shards.config_hash(case="catalog_cases", v=1),
+        num_shards=cases.NUM_SHARDS, dtype=a.dtype, process_index=a.process_id,
+        process_count=a.num_processes, log=lambda m: None)
+
+  stats = {}
+  if a.kill_at_shard >= 0:
+    pid = os.fork()
+    if pid == 0:  # the crashing build; exit code 3 if the kill never came
+      try:
+        build(a.kill_at_shard)
+      finally:
+        os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    stats["killed_by"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -os.WEXITSTATUS(status)
+    shards = [catalog_shards.ShardSpec(i, s["lo"], s["hi"]) for i, s in
+              enumerate(catalog_shards.read_manifest(a.catalog)["shards"])]
+    own = catalog_shards.shards_of_process(shards, a.process_id, a.num_processes)
+    names = sorted(f for f in os.listdir(a.catalog)
+                   if f.startswith("shard-") and int(f[6:11]) in {s.index for s in own})
+    stats["done_after_kill"] = [f for f in names if f.endswith(".json")]
+    stats["mtimes_after_kill"] = {f: os.stat(os.path.join(a.catalog, f)).st_mtime_ns
+                                  for f in names}
+
+  parallel.maybe_initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
+  assert jax.process_count() == a.num_processes and jax.device_count() == 4 * a.num_processes
+  stats["built"] = build()
   from jax.experimental import multihost_utils
 
   multihost_utils.sync_global_devices("catalog built")
@@ -84,6 +105,7 @@ def main() -> None:
   stats["rows_read"] = catalog.rows_read
   stats["local_table_bytes"] = sum(s.data.nbytes for s in items.scoring.addressable_shards)
   stats["local_devices"] = jax.local_device_count()
+  stats["query_axes"] = list(items.query_axes)
 
   q, t = cases.queries(), cases.targets()
   out = {}
@@ -95,6 +117,29 @@ def main() -> None:
   out.update(inj_ids=r.top_ids, inj_scores=r.top_scores, inj_ranks=r.target_ranks)
   out["grid"] = kernel.target_ranks_grid(q, items, t, cases.GRID, cf=cf, query_batch=cases.Q)
   stats["peak_rss_total"] = _status("VmHWM")
+  del items, cf
+
+  # Data-parallel replicas of the sharded table: mesh[data d, fsdp f] is device 2 (f % 2) + d of
+  # process f // 2, so the items (over fsdp) span both processes and the rows (over data) split
+  # between two devices of each process. The queries arrive already split over data.
+  devices = np.asarray(sorted(jax.devices(), key=lambda d: (d.process_index, d.id)))
+  devices = devices.reshape(a.num_processes, 2, 2).transpose(2, 0, 1).reshape(-1)
+  split_mesh = parallel.make_mesh((2, 4, 1), devices=list(devices))
+  split_catalog = catalog_shards.ShardedCatalog(a.catalog)
+  with parallel.logical_rules({"items": "fsdp,tensor"}):
+    split = catalog_shards.place_catalog(split_catalog, split_mesh, popularity=cases.popularity)
+  stats["split_item_axes"], stats["split_query_axes"] = list(split.item_axes), list(split.query_axes)
+  stats["split_files_read"] = [os.path.basename(p) for p in split_catalog.files_read]
+  stats["split_rows_read"] = split_catalog.rows_read
+  q_rows = jax.device_put(q, NamedSharding(split_mesh, P("data")))
+  r = kernel.ground(q_rows, split, k=cases.K, targets=t, query_batch=cases.Q)
+  out.update(split_plain_ids=r.top_ids, split_plain_ranks=r.target_ranks)
+  cf = catalog_shards.place_cf(cases.cf, cases.Q, split)
+  r = kernel.ground(q, split, k=cases.K, targets=t, cf=cf, gamma_pop=2.0, gamma_cf=0.5,
+                    query_batch=cases.Q)
+  out.update(split_inj_ids=r.top_ids, split_inj_scores=r.top_scores, split_inj_ranks=r.target_ranks)
+  out["split_grid"] = kernel.target_ranks_grid(q, split, t, cases.GRID, cf=cf,
+                                               query_batch=cases.Q)
   np.savez(f"{a.out}.{a.process_id}.npz", **out)
   with open(f"{a.out}.{a.process_id}.json", "w") as f:
     json.dump(stats, f)

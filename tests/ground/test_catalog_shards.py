@@ -1,12 +1,14 @@
 """The sharded catalog: resumable shard embedding, placement from shards, 2-process grounding.
 
-The big test runs 2 processes x 4 fake CPU devices under jax.distributed on 127.0.0.1 over a
-2,097,152-item catalog (catalog_cases.py) in 8 memory-mapped shards.
+One pair of processes (2 x 4 fake CPU devices under jax.distributed on 127.0.0.1, shared by
+every 2-process test) builds a 2,097,152-item catalog (catalog_cases.py) in 8 memory-mapped
+shards after a build killed midway, places it and grounds on two meshes (catalog_worker.py).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,18 +37,14 @@ def _env():
   return env
 
 
-def _workers(catalog, out, *extra, coordinator=True, kill=(None, None)):
-  port = None
-  if coordinator:
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      port = s.getsockname()[1]
+def _workers(catalog, out, *extra, kill=(None, None)):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
   procs = []
   for i in range(2):
     args = [sys.executable, WORKER, str(catalog), str(out), f"--process_id={i}",
-            "--num_processes=2", *extra]
-    if port:
-      args.append(f"--coordinator_address=127.0.0.1:{port}")
+            "--num_processes=2", f"--coordinator_address=127.0.0.1:{port}", *extra]
     if kill[i] is not None:
       args.append(f"--kill_at_shard={kill[i]}")
     procs.append(subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
@@ -63,8 +61,12 @@ def _workers(catalog, out, *extra, coordinator=True, kill=(None, None)):
   return results
 
 
-def _reference(table):
+@pytest.fixture(scope="module")
+def reference(two_process_run):
   """Exact numpy ranking of the integer catalog: squared distances, ties by lower id."""
+  catalog = two_process_run[0]
+  table = catalog_shards.ShardedCatalog(str(catalog)).read_all()
+  np.testing.assert_array_equal(table[-5:], cases.embed_range(cases.NUM_ITEMS - 5, cases.NUM_ITEMS))
   q, t = cases.queries().astype(np.int64), cases.targets()
   ids = np.arange(len(table), dtype=np.int64)
   top, ranks = [], []
@@ -81,28 +83,46 @@ def _reference(table):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-  """A build killed midway in both processes, then the resumed 2-process run."""
+  """Each process's build is killed midway (SIGKILL, in a forked child), then the same two
+  processes resume it under jax.distributed, place and ground."""
   tmp = tmp_path_factory.mktemp("catalog")
   catalog, out = tmp / "catalog", tmp / "result"
-  # Process 0 owns shards 0-3 and dies starting shard 2; process 1 owns 4-7, dies at 5.
-  killed = _workers(catalog, out, "--build_only", coordinator=False, kill=(2, 5))
-  assert [rc for rc, _, _ in killed] == [-9, -9], [e[-2000:] for _, _, e in killed]
-  done = sorted(f for f in os.listdir(catalog) if f.startswith("shard-") and f.endswith(".json"))
-  assert done == ["shard-00000.json", "shard-00001.json", "shard-00004.json"]
-  mtimes = {f: os.stat(catalog / f).st_mtime_ns for f in os.listdir(catalog)}
-  results = _workers(catalog, out)
+  # Process 0 owns shards 0-3 and its build dies starting shard 2; process 1 owns 4-7, dies at 5.
+  results = _workers(catalog, out, kill=(2, 5))
   for rc, _, err in results:
     assert rc == 0, err[-3000:]
   stats = [json.loads((tmp / f"result.{i}.json").read_text()) for i in range(2)]
   res = [dict(np.load(tmp / f"result.{i}.npz")) for i in range(2)]
-  return catalog, mtimes, stats, res
+  return catalog, stats, res
+
+
+@pytest.fixture(scope="module")
+def single_process(two_process_run):
+  """Injection and the gamma grid in this process on one device, from the whole table."""
+  cat = catalog_shards.ShardedCatalog(str(two_process_run[0]))
+  full = cat.read_all()
+  items = kernel.place_items(full, cases.popularity(0, cases.NUM_ITEMS))
+  placed = catalog_shards.place_catalog(cat, None, popularity=cases.popularity)
+  np.testing.assert_array_equal(np.asarray(placed.scoring), np.asarray(items.scoring))
+  np.testing.assert_array_equal(np.asarray(placed.popularity), np.asarray(items.popularity))
+  del placed
+  q, t, cf = cases.queries(), cases.targets(), cases.cf(0, cases.NUM_ITEMS)
+  one = kernel.ground(q, items, k=cases.K, targets=t, cf=cf, gamma_pop=2.0, gamma_cf=0.5,
+                      query_batch=cases.Q)
+  grid = kernel.target_ranks_grid(q, items, t, cases.GRID, cf=cf, query_batch=cases.Q)
+  return one, grid
 
 
 def test_resume_builds_only_the_missing_shards(two_process_run):
-  catalog, mtimes, stats, _ = two_process_run
+  catalog, stats, _ = two_process_run
+  assert [s["killed_by"] for s in stats] == [signal.SIGKILL] * 2
+  assert stats[0]["done_after_kill"] == ["shard-00000.json", "shard-00001.json"]
+  assert stats[1]["done_after_kill"] == ["shard-00004.json"]
   assert stats[0]["built"] == [2, 3] and stats[1]["built"] == [5, 6, 7]
-  for name in ("shard-00000.npy", "shard-00001.npy", "shard-00004.npy"):
-    assert os.stat(catalog / name).st_mtime_ns == mtimes[name]  # not rewritten
+  for s in stats:
+    for name in s["done_after_kill"]:
+      for f in (name, name.replace(".json", ".npy")):  # not rewritten
+        assert os.stat(catalog / f).st_mtime_ns == s["mtimes_after_kill"][f], f
   manifest = catalog_shards.read_manifest(str(catalog))
   assert manifest["num_items"] == cases.NUM_ITEMS and manifest["dim"] == cases.DIM
   assert [s["hi"] - s["lo"] for s in manifest["shards"]] == [cases.NUM_ITEMS // 8] * 8
@@ -115,10 +135,14 @@ def test_resume_builds_only_the_missing_shards(two_process_run):
 
 
 def test_each_process_reads_only_its_own_shards_within_its_memory_share(two_process_run):
-  _, _, stats, _ = two_process_run
+  _, stats, _ = two_process_run
   for p, s in enumerate(stats):
     assert s["files_read"] == [f"shard-{i:05d}.npy" for i in range(4 * p, 4 * p + 4)]
     assert s["rows_read"] == cases.NUM_ITEMS // 2
+    # The split mesh's table is replicated over data inside the process: still its own rows,
+    # read once (one host block per item range, shared by the replicas).
+    assert s["split_files_read"] == s["files_read"]
+    assert s["split_rows_read"] == cases.NUM_ITEMS // 2
     share = s["local_table_bytes"] + cases.NUM_ITEMS // 2 * 4  # table rows + popularity
     block = s["local_table_bytes"] // s["local_devices"]
     grown = s["peak_rss_place"] - s["rss_before_place"]
@@ -129,36 +153,42 @@ def test_each_process_reads_only_its_own_shards_within_its_memory_share(two_proc
     assert grown < 2 * s["local_table_bytes"]
 
 
-def test_two_processes_rank_exactly_like_the_numpy_reference(two_process_run):
-  catalog, _, _, res = two_process_run
-  table = catalog_shards.ShardedCatalog(str(catalog)).read_all()
-  np.testing.assert_array_equal(table[-5:], cases.embed_range(cases.NUM_ITEMS - 5, cases.NUM_ITEMS))
-  top, ranks = _reference(table)
+def test_two_processes_rank_exactly_like_the_numpy_reference(two_process_run, reference):
+  _, _, res = two_process_run
+  top, ranks = reference
   for r in res:  # both processes hold the same replicated results
     np.testing.assert_array_equal(r["plain_ids"], top)
     np.testing.assert_array_equal(r["plain_ranks"], ranks)
-  np.testing.assert_array_equal(res[0]["inj_ids"], res[1]["inj_ids"])
+  for key in res[0]:
+    np.testing.assert_array_equal(res[0][key], res[1][key], err_msg=key)
 
 
-def test_two_processes_equal_the_single_process_kernel(two_process_run):
+def test_two_processes_equal_the_single_process_kernel(two_process_run, single_process):
   """Popularity and CF injection and the gamma grid: identical to one process, one device."""
-  catalog, _, _, res = two_process_run
-  cat = catalog_shards.ShardedCatalog(str(catalog))
-  full = cat.read_all()
-  items = kernel.place_items(full, cases.popularity(0, cases.NUM_ITEMS))
-  placed = catalog_shards.place_catalog(cat, None, popularity=cases.popularity)
-  np.testing.assert_array_equal(np.asarray(placed.scoring), np.asarray(items.scoring))
-  np.testing.assert_array_equal(np.asarray(placed.popularity), np.asarray(items.popularity))
-  del placed
-  q, t, cf = cases.queries(), cases.targets(), cases.cf(0, cases.NUM_ITEMS)
-  one = kernel.ground(q, items, k=cases.K, targets=t, cf=cf, gamma_pop=2.0, gamma_cf=0.5,
-                      query_batch=cases.Q)
+  _, _, res = two_process_run
+  one, grid = single_process
   np.testing.assert_array_equal(res[0]["inj_ids"], one.top_ids)
   np.testing.assert_array_equal(res[0]["inj_ranks"], one.target_ranks)
   np.testing.assert_allclose(res[0]["inj_scores"], one.top_scores, rtol=1e-6, atol=1e-7)
-  grid = kernel.target_ranks_grid(q, items, t, cases.GRID, cf=cf, query_batch=cases.Q)
   np.testing.assert_array_equal(res[0]["grid"], grid)
   assert (res[0]["inj_ids"] != res[0]["plain_ids"]).any()  # injection really reorders
+
+
+def test_query_rows_split_over_data_rank_like_one_process(two_process_run, reference,
+                                                          single_process):
+  """Items over fsdp (across both processes), query rows over data: the same results."""
+  _, stats, res = two_process_run
+  for s in stats:
+    assert s["query_axes"] == []  # default rules: the items span every device
+    assert s["split_item_axes"] == ["fsdp"] and s["split_query_axes"] == ["data"]
+  top, ranks = reference
+  one, grid = single_process
+  np.testing.assert_array_equal(res[0]["split_plain_ids"], top)
+  np.testing.assert_array_equal(res[0]["split_plain_ranks"], ranks)
+  np.testing.assert_array_equal(res[0]["split_inj_ids"], one.top_ids)
+  np.testing.assert_array_equal(res[0]["split_inj_ranks"], one.target_ranks)
+  np.testing.assert_allclose(res[0]["split_inj_scores"], one.top_scores, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(res[0]["split_grid"], grid)
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -246,17 +276,24 @@ def test_build_catalog_launcher_refuses_a_missing_titles_file(tmp_path):
 
 
 def test_multiprocess_ground_bench_reports_rate_and_rss_per_process(tmp_path):
-  """launch/bench.py --multiprocess_ground at a tiny size: 2 processes, every field measured."""
+  """launch/bench.py --multiprocess_ground at a tiny size: 2 processes, then 1 process x 8
+  devices on the same shards, every field measured. 32 queries = one batch: the warm-up call
+  compiles the timed call's program."""
   out = tmp_path / "bench.json"
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"),
                          "--multiprocess_ground", "--mp_items=50000", "--mp_dim=8",
-                         "--mp_queries=64", "--repeats=1", f"--out={out}"],
+                         "--mp_queries=32", "--repeats=1", f"--out={out}"],
                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.loads(out.read_text())["ground_multiprocess"]
-  assert r["processes"] == 2 and len(r["per_process"]) == 2
-  assert sorted(p["process"] for p in r["per_process"]) == [0, 1]
-  for p in r["per_process"]:
-    assert p["devices"] == 4 and p["queries_per_s"] > 0 and p["peak_rss_mib"] > 0
-    assert p["peak_rss_place_mib"] <= p["peak_rss_mib"]
-  assert r["queries_per_s"] == min(p["queries_per_s"] for p in r["per_process"])
+  bench = json.loads(out.read_text())
+  assert "launch/bench.py" in bench["command"] and bench["machine"]["cores"] >= 1
+  for key, processes, devices in (("ground_multiprocess", 2, 4), ("ground_single_process", 1, 8)):
+    r = bench[key]
+    assert r["processes"] == processes and len(r["per_process"]) == processes
+    assert sorted(p["process"] for p in r["per_process"]) == list(range(processes))
+    for p in r["per_process"]:
+      assert p["devices"] == devices and p["queries_per_s"] > 0 and p["peak_rss_mib"] > 0
+      assert p["peak_rss_place_mib"] <= p["peak_rss_mib"]
+      assert p["warmup_rows"] == 32 and p["compile_s"] == 0  # compiled by the warm-up
+      assert p["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and p["item_axes"] == ["data"]
+    assert r["queries_per_s"] == min(p["queries_per_s"] for p in r["per_process"])
