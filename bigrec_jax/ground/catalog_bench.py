@@ -48,7 +48,7 @@ def _worker(a) -> None:
   from jax.experimental import multihost_utils
 
   def embed(lo, hi):
-    return np.random.default_rng([a.seed, lo]).normal(size=(hi - lo, a.dim)).astype(np.float32)
+    return np.random.default_rng([a.seed, lo]).standard_normal((hi - lo, a.dim), np.float32)
 
   t0 = time.perf_counter()
   catalog_shards.build_shards(a.catalog, a.items, a.dim, embed, source="synthetic:normal",

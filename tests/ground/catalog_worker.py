@@ -7,8 +7,9 @@
 and SIGKILLs itself when it starts shard S (a crash mid-build); the process records which of its
 shards that left finished. Then it joins jax.distributed, builds (resuming), places the table
 from the shards on a (-1, 1, 1) mesh (the item axis over all 8 devices of both processes) and
-grounds; then again on a (data=2, fsdp=4) mesh with the items over fsdp (spanning both processes)
-and the query rows split over data (2 indices inside each process). Writes OUT_PREFIX.<id>.npz /
+grounds (plain, injection); then again (plain, the gamma grid) on a (data=2, fsdp=4) mesh with
+the items over fsdp (spanning both processes) and the query rows split over data (2 indices
+inside each process). Writes OUT_PREFIX.<id>.npz /
 .json with the results, the shard files each placement opened and the peak RSS.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -68,7 +70,23 @@ def main() -> None:
         num_shards=cases.NUM_SHARDS, dtype=a.dtype, process_index=a.process_id,
         process_count=a.num_processes, log=lambda m: None)
 
-  stats = {}
+  stats, phase, t0 = {}, {}, [time.perf_counter()]
+
+  def lap(name):  # wall seconds per phase (what the test costs, where)
+    now = time.perf_counter()
+    phase[name], t0[0] = round(now - t0[0], 2), now
+
+  own_lo = a.process_id * cases.NUM_ITEMS // a.num_processes
+  own_hi = (a.process_id + 1) * cases.NUM_ITEMS // a.num_processes
+  own_cf = []
+
+  def cf(lo, hi):  # CF columns; this process's own range hashed once for both meshes
+    if not own_lo <= lo <= hi <= own_hi:
+      return cases.cf(lo, hi)
+    if not own_cf:
+      own_cf.append(cases.cf(own_lo, own_hi))
+    return own_cf[0][:, lo - own_lo:hi - own_lo]
+
   if a.kill_at_shard >= 0:
     pid = os.fork()
     if pid == 0:  # the crashing build; exit code 3 if the kill never came
@@ -87,12 +105,14 @@ def main() -> None:
     stats["mtimes_after_kill"] = {f: os.stat(os.path.join(a.catalog, f)).st_mtime_ns
                                   for f in names}
 
+  lap("killed_build")
   parallel.maybe_initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
   assert jax.process_count() == a.num_processes and jax.device_count() == 4 * a.num_processes
   stats["built"] = build()
   from jax.experimental import multihost_utils
 
   multihost_utils.sync_global_devices("catalog built")
+  lap("resumed_build")
   with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
     f.write("5")
   stats["rss_before_place"] = _status("VmRSS")
@@ -106,18 +126,21 @@ def main() -> None:
   stats["local_table_bytes"] = sum(s.data.nbytes for s in items.scoring.addressable_shards)
   stats["local_devices"] = jax.local_device_count()
   stats["query_axes"] = list(items.query_axes)
+  lap("place")
 
   q, t = cases.queries(), cases.targets()
   out = {}
   r = kernel.ground(q, items, k=cases.K, targets=t, query_batch=cases.Q)
   out.update(plain_ids=r.top_ids, plain_scores=r.top_scores, plain_ranks=r.target_ranks)
-  cf = catalog_shards.place_cf(cases.cf, cases.Q, items)
-  r = kernel.ground(q, items, k=cases.K, targets=t, cf=cf, gamma_pop=2.0, gamma_cf=0.5,
+  lap("plain")
+  cf_cols = catalog_shards.place_cf(cf, cases.Q, items)
+  lap("place_cf")
+  r = kernel.ground(q, items, k=cases.K, targets=t, cf=cf_cols, gamma_pop=2.0, gamma_cf=0.5,
                     query_batch=cases.Q)
   out.update(inj_ids=r.top_ids, inj_scores=r.top_scores, inj_ranks=r.target_ranks)
-  out["grid"] = kernel.target_ranks_grid(q, items, t, cases.GRID, cf=cf, query_batch=cases.Q)
+  lap("injection")
   stats["peak_rss_total"] = _status("VmHWM")
-  del items, cf
+  del items, cf_cols
 
   # Data-parallel replicas of the sharded table: mesh[data d, fsdp f] is device 2 (f % 2) + d of
   # process f // 2, so the items (over fsdp) span both processes and the rows (over data) split
@@ -131,15 +154,18 @@ def main() -> None:
   stats["split_item_axes"], stats["split_query_axes"] = list(split.item_axes), list(split.query_axes)
   stats["split_files_read"] = [os.path.basename(p) for p in split_catalog.files_read]
   stats["split_rows_read"] = split_catalog.rows_read
+  lap("split_place")
   q_rows = jax.device_put(q, NamedSharding(split_mesh, P("data")))
   r = kernel.ground(q_rows, split, k=cases.K, targets=t, query_batch=cases.Q)
   out.update(split_plain_ids=r.top_ids, split_plain_ranks=r.target_ranks)
-  cf = catalog_shards.place_cf(cases.cf, cases.Q, split)
-  r = kernel.ground(q, split, k=cases.K, targets=t, cf=cf, gamma_pop=2.0, gamma_cf=0.5,
-                    query_batch=cases.Q)
-  out.update(split_inj_ids=r.top_ids, split_inj_scores=r.top_scores, split_inj_ranks=r.target_ranks)
-  out["split_grid"] = kernel.target_ranks_grid(q, split, t, cases.GRID, cf=cf,
+  lap("split_plain")
+  # The gamma grid (injection's keys and ranks for 4 gamma pairs, CF columns split over data
+  # too) here only: on the first mesh injection already runs the same keys and rank sums.
+  cf_cols = catalog_shards.place_cf(cf, cases.Q, split)
+  out["split_grid"] = kernel.target_ranks_grid(q, split, t, cases.GRID, cf=cf_cols,
                                                query_batch=cases.Q)
+  lap("split_grid")
+  stats["phase_s"] = phase
   np.savez(f"{a.out}.{a.process_id}.npz", **out)
   with open(f"{a.out}.{a.process_id}.json", "w") as f:
     json.dump(stats, f)
