@@ -159,11 +159,12 @@ def train_stage(config, paths: Paths, fresh: bool = False) -> dict:
 
 
 def generate_stage(config, paths: Paths) -> dict:
+  from bigrec_jax.data import prompts
   from bigrec_jax.generate import runner
 
   g = config.generate
   options = config_lib.options(runner.GenerateOptions, g,
-                               prompt_template=config.data.prompt_template)
+                               prompt_format=prompts.format_of(config.data))
   splits = ("valid", "test")
   guided = dict(assistant_scores=None, alpha_grid=(), alpha_metric=None)
   if options.assistant not in ("none", "mostpop"):

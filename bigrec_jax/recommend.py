@@ -62,7 +62,8 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
                                    renormalize=renormalize,
                                    exclude_history="shown" if search_exclusion != "none" else "none",
                                    assistant=assistant, guidance=guidance,
-                                   prompt_template=prompt_template)
+                                   prompt_format=prompts.PromptFormat(prompt_template,
+                                                                      data.domain))
   generator = runner.Generator(model, options, titles=titles if constrained else None)
   guide = generator.row_guidance([row], "liked titles", data_dir=data_dir)
   generated = generator.generate_rows([row], "liked titles", guide)[0]["predict"]

@@ -25,7 +25,8 @@ from bigrec_jax.data import prompts
 from bigrec_jax.files import UserError
 from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES, GenerateOptions, run
 
-_INPUT = flags.DEFINE_string("input", None, "JSON list of rows with `instruction` and `input`.")
+_INPUT = flags.DEFINE_string("input", None, "JSON list of rows with `instruction` and `input` "
+                             "(with --items, rows with `history_item_ids` are prompted from them).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the rows with `predict` are written.")
 _MODEL = flags.DEFINE_string("model", None, "Base model: .gguf file or HF directory "
                              "(default: the embedded SmolLM2-135M-Instruct).")
@@ -117,7 +118,7 @@ def main(argv: list[str]) -> None:
   options = config_lib.options(
       GenerateOptions, {name: flag.value for name, flag in _OPT.items()},
       num_return_sequences=_NUM_RETURN.value or _NUM_BEAMS.value, progress=_PROGRESS.value,
-      prompt_template=_TEMPLATE.value)
+      prompt_format=prompts.PromptFormat(_TEMPLATE.value))
   summary = run(_INPUT.value, _OUTPUT.value, options, model_path=_MODEL.value,
                 adapter=_ADAPTER.value, items=_ITEMS.value, dtype=_DTYPE.value,
                 mesh_shape=mesh_shape, matmul_dtype=_MATMUL_DTYPE.value,

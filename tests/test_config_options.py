@@ -16,7 +16,7 @@ from bigrec_jax.evaluate import run as evaluate_run
 from bigrec_jax.generate import runner
 
 # Fields a stage gives itself (paths of the workdir, other sections) or that only show progress.
-_GIVEN = {"generate": {"progress", "prompt_template"},  # data.prompt_template
+_GIVEN = {"generate": {"progress", "prompt_format"},  # data.prompt_template
           "ground": {"data_dir", "valid_predictions", "test_predictions", "out_dir", "model",
                      "tokenizer", "cf_names", "cf_valid_scores", "cf_test_scores", "beam",
                      "mesh_shape", "dtype", "progress"}}

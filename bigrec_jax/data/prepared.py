@@ -158,11 +158,20 @@ def load_prepared(directory: str | os.PathLike) -> Prepared:
 
 def load_training_rows(directories: Sequence[str], sample: int = -1, seed: int = 0,
                        split: str = "train") -> list[dict]:
-  """One training set from one or several prepared datasets (multi-domain), few-shot per set.
+  return load_training_set(directories, sample, seed, split)[0]
 
-  Each row keeps its `domain` and the item ids of its own catalog.
-  """
+
+def load_training_set(directories: Sequence[str], sample: int = -1, seed: int = 0,
+                      split: str = "train") -> tuple[list[dict], list[list[str]]]:
+  """One training set from one or several prepared datasets (multi-domain): each one's few-shot
+  set (reference order), concatenated, and per row its catalog's titles (the row keeps its
+  `domain` and the item ids of its own catalog, from which its prompt is rendered)."""
   if not directories:
     raise UserError("no prepared-data directory given")
-  per_domain = [load_prepared(d).rows(split) for d in directories]
-  return sequences.concat_domains(per_domain, sample, seed)
+  rows, catalogs = [], []
+  for directory in directories:
+    data = load_prepared(directory)
+    part = sequences.few_shot(data.rows(split), sample, seed)
+    rows.extend(part)
+    catalogs.extend([data.titles] * len(part))
+  return rows, catalogs

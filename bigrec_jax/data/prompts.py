@@ -1,7 +1,7 @@
-"""The prompt builder: the only place that knows BIGRec's prompt templates.
+"""The prompt format: the only place that knows BIGRec's prompt templates and answer format.
 
-Training, generation, constrained decoding and grounding all build text through this module, so
-the prompt a model is trained on is byte-for-byte the prompt it is asked at generation time
+Training, generation, constrained decoding and grounding all build text through `PromptFormat`,
+so the prompt a model is trained on is byte-for-byte the prompt it is asked at generation time
 (the reference had one space after "request." in train.py and two in inference.py; we keep one).
 
 Two templates (`data.prompt_template`), the same three fields in each:
@@ -9,10 +9,17 @@ Two templates (`data.prompt_template`), the same three fields in each:
 - "chatml": the chat format SmolLM2-Instruct was tuned on (its GGUF's `tokenizer.chat_template`
   rendered for one user turn, with that template's default system line), instruction and input as
   the user's message, the quoted title as the assistant's answer (EOS `<|im_end|>` ends it).
+The answer is one quoted title, `"Title"`: its second `"` is the stop rule of
+`generate.stop_at_closing_quote`, and `parse` reads a generation back.
+
+A row is rendered from its `history_item_ids` / `target_item_id` and the catalog's titles when
+the titles are given (training and generation over prepared files), else from its stored
+`instruction` / `input` / `output` text: a new format works on an existing prepared directory.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 HEADER = ("Below is an instruction that describes a task, paired with an input that provides "
           "further context. Write a response that appropriately completes the request. \n\n")
@@ -86,34 +93,89 @@ def check_template(template: str) -> str:
   return template
 
 
-def response_marker(template: str = "alpaca") -> str:
-  """What every prompt of the template ends with: the model's answer starts right after it."""
-  return RESPONSE_MARKER if check_template(template) == "alpaca" else CHATML_RESPONSE_MARKER
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+  """Template and answer format, built from the config by `format_of` (recorded by the stages)."""
+  template: str = "alpaca"
+  domain: str = "movie"  # wording of the trie's context; a row's own `domain` words its prompt
+  closing_quotes = 2  # `"Title"`: the second `"` of a generated answer closes it (stop rule)
+
+  def __post_init__(self):
+    check_template(self.template)
+    check_domain(self.domain)
+
+  def fields(self, row: Mapping[str, Any], titles: Sequence[str] | None = None) -> tuple[str, str]:
+    """(instruction, input): from the row's ids and `titles` when given, else its stored text."""
+    if titles is None or "history_item_ids" not in row:
+      return row["instruction"], row["input"]
+    domain = row.get("domain", self.domain)
+    return (instruction_for(domain),
+            input_for(domain, [titles[i] for i in row["history_item_ids"]]))
+
+  def prompt(self, row: Mapping[str, Any], titles: Sequence[str] | None = None) -> str:
+    """The text a model sees before it answers, ending with `response_marker`."""
+    instruction, history = self.fields(row, titles)
+    if self.template == "chatml":
+      return (f"{CHATML_SYSTEM}<|im_start|>user\n{instruction}\n{history.rstrip()}"
+              f"<|im_end|>\n{CHATML_RESPONSE_MARKER}")
+    return (f"{HEADER}### Instruction:\n{instruction}\n\n"
+            f"### Input:\n{history}\n\n{RESPONSE_MARKER}")
+
+  def target(self, row: Mapping[str, Any], titles: Sequence[str] | None = None) -> str:
+    """The answer trained on: the target's quoted title (the row's `output` without titles)."""
+    if titles is None or "target_item_id" not in row:
+      return row["output"]
+    return quote(titles[row["target_item_id"]])
+
+  def full_text(self, row: Mapping[str, Any], titles: Sequence[str] | None = None) -> str:
+    """Prompt plus the target: the training text (EOS is added by the tokenizer step)."""
+    return self.prompt(row, titles) + self.target(row, titles)
+
+  @property
+  def response_marker(self) -> str:
+    """What every prompt ends with: the model's answer starts right after it."""
+    return RESPONSE_MARKER if self.template == "alpaca" else CHATML_RESPONSE_MARKER
+
+  @property
+  def decoded_split(self) -> str:
+    """Where a decoded prompt + generation (special tokens skipped) is split, the answer after
+    it: the reference splits at `Response:\\n`; ChatML's role tags are special tokens, so its
+    marker decodes to `assistant\\n` (the system line's "assistant named" never matches)."""
+    return "Response:\n" if self.template == "alpaca" else "assistant\n"
+
+  def trie_context(self) -> str:
+    """A prompt ending at the response marker, the context a target title is tokenized in."""
+    return self.prompt({"instruction": instruction_for(self.domain),
+                        "input": input_for(self.domain, ["Title"])})
+
+  def response_of(self, text: str) -> str:
+    """The part of a prompt + answer text after the last response marker (the prediction)."""
+    i = text.rfind(self.response_marker)
+    return text if i < 0 else text[i + len(self.response_marker):]
+
+  @staticmethod
+  def after_answer(generated: str) -> str:
+    """What a generation has after the `"` that closes its title ("" before that quote)."""
+    first = generated.find('"')
+    second = generated.find('"', first + 1) if first >= 0 else -1
+    return "" if second < 0 else generated[second + 1:]
+
+  answer = staticmethod(quote)  # a title as the model answers it
+  parse = staticmethod(single_title)  # a generation's title when it is one quoted title
+
+  def record(self) -> dict[str, Any]:
+    return {"template": self.template, "domain": self.domain, "answer": quote("Title")}
 
 
-def decoded_response_split(template: str = "alpaca") -> str:
-  """Where a decoded prompt + generation (special tokens skipped) is split, the answer after it:
-  the reference splits at `Response:\\n`; ChatML's role tags are special tokens, so its marker
-  decodes to `assistant\\n` (the system line's "assistant named" never matches)."""
-  return "Response:\n" if check_template(template) == "alpaca" else "assistant\n"
+def format_of(data_config: Any, domain: str = "movie") -> PromptFormat:
+  """The prompt format of a config's `data` section (the one place it is built from config)."""
+  return PromptFormat(data_config.prompt_template, domain)
 
 
 def prompt_for(row: Mapping[str, str], template: str = "alpaca") -> str:
-  """The text a model sees before it answers, ending with `response_marker(template)`."""
-  if check_template(template) == "chatml":
-    return (f"{CHATML_SYSTEM}<|im_start|>user\n{row['instruction']}\n{row['input'].rstrip()}"
-            f"<|im_end|>\n{CHATML_RESPONSE_MARKER}")
-  return (f"{HEADER}### Instruction:\n{row['instruction']}\n\n"
-          f"### Input:\n{row['input']}\n\n{RESPONSE_MARKER}")
+  """`PromptFormat(template).prompt(row)`: the row's stored text in a template."""
+  return PromptFormat(template).prompt(row)
 
 
 def full_text(row: Mapping[str, str], template: str = "alpaca") -> str:
-  """Prompt plus the target output: the training text (EOS is added by the tokenizer step)."""
-  return prompt_for(row, template) + row["output"]
-
-
-def response_of(generated: str, template: str = "alpaca") -> str:
-  """The part of a decoded text after the last response marker (the prediction)."""
-  marker = response_marker(template)
-  i = generated.rfind(marker)
-  return generated if i < 0 else generated[i + len(marker):]
+  return PromptFormat(template).full_text(row)

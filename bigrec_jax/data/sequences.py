@@ -188,13 +188,3 @@ def few_shot(rows: Sequence, n: int, seed: int) -> list:
   picked = first[np.random.default_rng(seed).permutation(len(first))]
   return [rows[i] for i in picked.tolist()]
 
-
-def concat_domains(row_lists: Sequence[Sequence[dict]], n: int = -1, seed: int = 0) -> list[dict]:
-  """Multi-domain training set: each domain's few-shot set, then concatenated (reference order).
-
-  Rows keep their own `domain` (prompt wording) and item ids of their own catalog.
-  """
-  out: list[dict] = []
-  for rows in row_lists:
-    out.extend(few_shot(rows, n, seed))
-  return out

@@ -1,7 +1,8 @@
 """Tokenization of prepared rows for training and generation (reference `generate_and_tokenize_prompt`).
 
-- training text = `prompts.full_text(row)`, truncated to `cutoff_len` tokens, EOS appended when
-  it fits and is not already last;
+- training text = `PromptFormat.full_text(row, titles)` (from the row's item ids and the catalog's
+  titles when given, so any format reads an existing prepared directory), truncated to
+  `cutoff_len` tokens, EOS appended when it fits and is not already last;
 - labels = the input ids (`train_on_inputs=True`, the reference default), or with
   `train_on_inputs=False` the first len(tokenize(prompt)) labels set to -100, as the reference;
 - labels stay aligned with input_ids: the loss shifts them by one.
@@ -11,7 +12,7 @@ Nothing is cached here: callers keep the `Tokenized` result if they want to reus
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -127,30 +128,43 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], *, cutoff_len: int = CU
   return ids
 
 
+Template = Union[str, prompts.PromptFormat]
+Titles = Union[Sequence[str], Sequence[Sequence[str]], None]
+
+
+def _render(method: str, rows: Sequence[dict], template: Template, titles: Titles) -> list[str]:
+  """`PromptFormat.<method>(row, catalog)` per row; titles: one catalog for every row, one per
+  row (multi-domain training), or None (the rows' stored text)."""
+  fmt = template if isinstance(template, prompts.PromptFormat) else prompts.PromptFormat(template)
+  if titles is None or not len(titles) or isinstance(titles[0], str):
+    titles = [titles] * len(rows)
+  return [getattr(fmt, method)(r, t) for r, t in zip(rows, titles)]
+
+
 def tokenize_rows(tokenizer: Any, rows: Sequence[dict], *, cutoff_len: int = CUTOFF_LEN,
                   train_on_inputs: bool = True, add_eos: bool = True,
-                  template: str = "alpaca") -> Tokenized:
+                  template: Template = "alpaca", titles: Titles = None) -> Tokenized:
   """Training/eval-loss examples: ids of prompt + output (+ EOS) and their labels."""
-  ids = tokenize_texts(tokenizer, [prompts.full_text(r, template) for r in rows],
+  ids = tokenize_texts(tokenizer, _render("full_text", rows, template, titles),
                        cutoff_len=cutoff_len, add_eos=add_eos)
   if train_on_inputs:
     labels = ids
   else:
     prompt_lens = [len(p) for p in tokenize_texts(
-        tokenizer, [prompts.prompt_for(r, template) for r in rows], cutoff_len=cutoff_len,
+        tokenizer, _render("prompt", rows, template, titles), cutoff_len=cutoff_len,
         add_eos=False)]
     labels = [[IGNORE_INDEX] * min(n, len(s)) + s[n:] for s, n in zip(ids, prompt_lens)]
   return Tokenized.from_lists(ids, labels)
 
 
 def tokenize_prompts(tokenizer: Any, rows: Sequence[dict], *, max_len: int | None = None,
-                     template: str = "alpaca") -> Tokenized:
+                     template: Template = "alpaca", titles: Titles = None) -> Tokenized:
   """Generation inputs: prompts ending at the response marker, no EOS, labels all -100.
 
   Prompts are not truncated by default; with `max_len`, the first tokens are dropped so the
   response marker the model continues from is always kept.
   """
-  ids = _encode(tokenizer, [prompts.prompt_for(r, template) for r in rows], None)
+  ids = _encode(tokenizer, _render("prompt", rows, template, titles), None)
   if max_len is not None:
     ids = [s[-max_len:] for s in ids]
   return Tokenized.from_lists(ids, [[IGNORE_INDEX] * len(s) for s in ids])

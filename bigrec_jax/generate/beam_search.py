@@ -33,6 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bigrec_jax.data.prompts import PromptFormat
 from bigrec_jax.generate import decoder, guide as guide_lib, trie as trie_lib
 from bigrec_jax.model.config import LlamaConfig
 
@@ -75,7 +76,7 @@ class SearchOutput(NamedTuple):
   lengths: Array  # [B, R] int32 generated tokens incl. EOS; 0 = no hypothesis (constrained)
 
 
-CLOSING_QUOTE_COUNT = 2  # `"Title"`: the second `"` of the generated text closes the title
+CLOSING_QUOTE_COUNT = PromptFormat.closing_quotes  # the `"` of the answer that closes its title
 
 
 def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,

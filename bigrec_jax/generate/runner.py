@@ -1,7 +1,9 @@
 """Generation over a file of rows: the library function behind launch/generate.py.
 
 Rows are in the reference format (JSON list of objects with `instruction` and `input`; any other
-field is kept). Each gets `predict`: num_return_sequences strings, best first, each the decoded
+field is kept); with `items` (the catalog), a row's prompt is rendered from its
+`history_item_ids` and the titles in `options.prompt_format`, so any format serves old prepared
+files. Each gets `predict`: num_return_sequences strings, best first, each the decoded
 prompt + generation (special tokens skipped) split at the last `Response:\\n`, as the reference
 `inference.py` does; and `predict_scores`: the beam scores (summed log-prob / length **
 length_penalty; null where constrained decoding found fewer hypotheses).
@@ -55,7 +57,8 @@ class GenerateOptions:
   max_prompt_len: int = 0  # 0: the model's context minus max_new_tokens
   truncate_long_prompts: bool = False  # drop the oldest tokens with a warning instead of failing
   progress: bool = True
-  prompt_template: str = "alpaca"  # data.prompt_template: the one the model was trained with
+  # data.prompt_template (the one the model was trained with): prompt, trie context, answer split
+  prompt_format: prompts_lib.PromptFormat = prompts_lib.PromptFormat()
   # Catalog-aware decoding (generate/guide.py), constrained only; the defaults are the reference.
   renormalize: bool = False  # log-probs renormalised over the allowed trie children
   exclude_history: str = "none"  # none | shown | all_past: items the row's user already had
@@ -116,7 +119,7 @@ class Generator:
       per_row = options.exclude_history != "none" or options.assistant != "none"
       catalog = trie_lib.catalog_trie(
           self.tokenizer, titles, self.config.vocab_size,
-          context=trie_lib.default_context(template=options.prompt_template),
+          context=options.prompt_format.trie_context(),
           eos_token_id=int(eos), with_ranges=per_row)
       if catalog.longest > options.max_new_tokens:
         log.warning("the longest catalog title takes %d tokens (with quotes and EOS), more than "
@@ -133,14 +136,16 @@ class Generator:
           parallel.replicated(self.mesh))
 
   # ------------------------------------------------------------------ input checks
-  def prompt_ids(self, rows: Sequence[Any], source: str = "rows") -> list[np.ndarray]:
-    """Token ids of every row's prompt; bad rows raise a UserError naming the row."""
+  def prompt_ids(self, rows: Sequence[Any], source: str = "rows",
+                 titles: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Token ids of every row's prompt (rendered from its history_item_ids and `titles` when
+    given, else from its text); bad rows raise a UserError naming the row."""
     for i, row in enumerate(rows):
-      problem = _row_problem(row)
+      problem = _row_problem(row, titles)
       if problem:
         raise UserError(f"{source}: row {i}: {problem}")
     data = tokenize_lib.tokenize_prompts(self.tokenizer, list(rows),
-                                         template=self.options.prompt_template)
+                                         template=self.options.prompt_format, titles=titles)
     out = []
     for i in range(len(data)):
       ids, _ = data.example(i)
@@ -272,14 +277,14 @@ class Generator:
     """The reference's text: decode(prompt + generation, skip special) after `Response:\\n`."""
     seqs = [np.concatenate([prompt, t[:n]]) for t, n in zip(tokens, lengths)]
     texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
-    split = prompts_lib.decoded_response_split(self.options.prompt_template)
-    predict = [t.split(split)[-1] if n > 0 else "" for t, n in zip(texts, lengths)]
+    fmt = self.options.prompt_format
+    predict = [t.split(fmt.decoded_split)[-1] if n > 0 else "" for t, n in zip(texts, lengths)]
     if self.options.stop_at_closing_quote:
       # Cut what the last token put after the closing quote (e.g. the `,` of `",`); located in
       # the generated text alone, so quotes of a prompt that is not split off do not count.
       gen = self.tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)],
                                         skip_special_tokens=True)
-      predict = [_drop_suffix(p, after_closing_quote(g)) for p, g in zip(predict, gen)]
+      predict = [_drop_suffix(p, fmt.after_answer(g)) for p, g in zip(predict, gen)]
     return predict, [float(s) if n > 0 else None for s, n in zip(scores, lengths)]
 
   def generate_rows(self, rows: Sequence[dict], source: str = "rows",
@@ -368,13 +373,6 @@ def _past_items(rows: Sequence[dict], data_dir: str) -> list[list[int]]:
   return out
 
 
-def after_closing_quote(text: str) -> str:
-  """What follows the second `"` of the text ("" when it has fewer than two)."""
-  first = text.find('"')
-  second = text.find('"', first + 1) if first >= 0 else -1
-  return "" if second < 0 else text[second + 1:]
-
-
 def _drop_suffix(text: str, suffix: str) -> str:
   return text[:-len(suffix)] if suffix and text.endswith(suffix) else text
 
@@ -387,7 +385,7 @@ def _to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def _row_problem(row: Any) -> str | None:
+def _row_problem(row: Any, titles: Sequence[str] | None = None) -> str | None:
   if not isinstance(row, dict):
     return f"expected an object with 'instruction' and 'input', got {type(row).__name__}"
   for key in ("instruction", "input"):
@@ -399,6 +397,10 @@ def _row_problem(row: Any) -> str | None:
     return "empty prompt: 'instruction' is empty"
   if not row["input"].strip():
     return "empty prompt: 'input' (the user's history) is empty"
+  ids = row.get("history_item_ids") if titles is not None else None
+  if ids is not None and not (isinstance(ids, list) and all(
+      isinstance(i, int) and 0 <= i < len(titles) for i in ids)):
+    return f"history_item_ids {str(ids)[:80]} are not all item ids of the {len(titles)}-item catalog"
   return None
 
 
@@ -510,17 +512,21 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
 
   _check_catalog_options(options)
   inputs = []
-  for input_path, _ in jobs:  # every file's input errors before the model loads
-    rows = read_input_rows(input_path)
-    for i, row in enumerate(rows):
-      problem = _row_problem(row)
-      if problem:
-        raise UserError(f"{input_path}: row {i}: {problem}")
-    inputs.append(rows)
   if options.constrained and not items:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")
   titles = read_titles(items) if items else None
   data_dir = _items_dir(items) if items else None
+  if data_dir and files.exists(os.path.join(data_dir, "stats.json")):  # the catalog's wording
+    domain = files.read_json(os.path.join(data_dir, "stats.json")).get("domain", "movie")
+    options = dataclasses.replace(options, prompt_format=dataclasses.replace(
+        options.prompt_format, domain=domain))
+  for input_path, _ in jobs:  # every file's input errors before the model loads
+    rows = read_input_rows(input_path)
+    for i, row in enumerate(rows):
+      problem = _row_problem(row, titles)
+      if problem:
+        raise UserError(f"{input_path}: row {i}: {problem}")
+    inputs.append(rows)
   cf_scores: list[np.ndarray | None] = [None] * len(jobs)
   if options.assistant not in ("none", "mostpop"):
     from bigrec_jax.evaluate.inputs import read_score_matrix
@@ -540,7 +546,7 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
   summaries = []
   alpha, grid_metrics = options.guidance, {}
   for job, ((input_path, output_path), rows) in enumerate(zip(jobs, inputs)):
-    ids = generator.prompt_ids(rows, input_path)
+    ids = generator.prompt_ids(rows, input_path, titles)
     guidance = generator.row_guidance(rows, input_path, data_dir=data_dir,
                                       assistant_scores=cf_scores[job])
 
@@ -567,7 +573,8 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
     if parallel.is_main_process():
       files.write_json(output_path, out)
     summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
-               "compiled_programs": beam_search.TRACE_COUNTS["search"]}
+               "compiled_programs": beam_search.TRACE_COUNTS["search"],
+               "prompt_format": options.prompt_format.record()}
     if options.catalog_aware:
       summary["decoding"] = {"renormalize": options.renormalize,
                              "exclude_history": options.exclude_history,
@@ -577,6 +584,6 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
         summary["decoding"]["alpha_grid"] = {f"{a:g}": m for a, m in grid_metrics.items()}
     if catalog is not None:
       summary["best_is_catalog_title"] = sum(
-          prompts_lib.single_title(r["predict"][0]) in catalog for r in out) / len(out)
+          options.prompt_format.parse(r["predict"][0]) in catalog for r in out) / len(out)
     summaries.append(summary)
   return summaries

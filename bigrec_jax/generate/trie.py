@@ -160,15 +160,10 @@ def node_ranges(sequences: Sequence[Sequence[int] | None], vocab_size: int
   return NodeRanges(lo, hi), order
 
 
-def default_context(domain: str = "movie", template: str = "alpaca") -> str:
-  """A prompt ending at the response marker, the context a target title is tokenized in."""
-  return prompts.prompt_for({"instruction": prompts.instruction_for(domain),
-                             "input": prompts.input_for(domain, ["Title"])}, template)
-
-
 def title_sequences(tokenizer, titles: Sequence[str], context: str | None = None,
                     eos_token_id: int | None = None) -> list[list[int]]:
-  """Token ids of `"Title"` + EOS as a training target tokenizes them right after `context`.
+  """Token ids of `"Title"` + EOS as a training target tokenizes them right after `context`
+  (default: `PromptFormat().trie_context()`, the alpaca prompt's).
 
   A title whose tokens would merge with the end of the prompt cannot be produced by generation
   (the prompt is tokenized alone); such titles are skipped with a warning.
@@ -180,7 +175,7 @@ def title_sequences(tokenizer, titles: Sequence[str], context: str | None = None
 def title_sequences_by_item(tokenizer, titles: Sequence[str], context: str | None = None,
                             eos_token_id: int | None = None) -> list[list[int] | None]:
   """`title_sequences` aligned with `titles`: None for a title that cannot be generated."""
-  context = default_context() if context is None else context
+  context = prompts.PromptFormat().trie_context() if context is None else context
   eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
   ctx = list(tokenizer(context)["input_ids"])
   texts = [context + prompts.quote(t) for t in titles]

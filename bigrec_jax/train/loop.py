@@ -91,18 +91,18 @@ def data_dirs(config) -> list[str]:
 
 def _load_data(config, tokenizer):
   """Tokenized (train, valid) sets of the configured prepared directories."""
-  from bigrec_jax.data import prepared, tokenize
+  from bigrec_jax.data import prepared, prompts, tokenize
 
   dirs = data_dirs(config)
   d = config.data
   kw = dict(cutoff_len=d.cutoff_len, train_on_inputs=d.train_on_inputs,
-            template=d.prompt_template)
-  train_rows = prepared.load_training_rows(dirs, d.sample, config.seed)
-  train = tokenize.tokenize_rows(tokenizer, train_rows, **kw)
+            template=prompts.format_of(d))  # rendered from the rows' ids and their catalog
+  rows, titles = prepared.load_training_set(dirs, d.sample, config.seed)
+  train = tokenize.tokenize_rows(tokenizer, rows, titles=titles, **kw)
   valid = None
   if d.valid_split and d.valid_sample != 0:
-    valid_rows = prepared.load_training_rows(dirs, d.valid_sample, config.seed, split=d.valid_split)
-    valid = tokenize.tokenize_rows(tokenizer, valid_rows, **kw)
+    rows, titles = prepared.load_training_set(dirs, d.valid_sample, config.seed, d.valid_split)
+    valid = tokenize.tokenize_rows(tokenizer, rows, titles=titles, **kw)
   return train, valid
 
 
@@ -452,7 +452,8 @@ def _train(config, workdir: str, *, model=None, train_data=None, valid_data=None
              "history": meta["history"], **output,
              "train_examples": len(train_data),
              "valid_examples": len(valid_data) if valid_data is not None else 0,
-             "shared_prefix_tokens": prefix}
+             "shared_prefix_tokens": prefix,
+             "prompt_format": {"template": config.data.prompt_template}}
   if parallel.is_main_process():
     files.write_json(os.path.join(workdir, "train_summary.json"), summary)
   return summary

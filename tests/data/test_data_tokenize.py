@@ -30,7 +30,7 @@ def test_prompt_template_exact_text():
       "\n\n### Response:\n")
   assert prompts.prompt_for(row).endswith(prompts.RESPONSE_MARKER)
   assert prompts.full_text(row) == prompts.prompt_for(row) + '"Four Rooms"'
-  assert prompts.response_of(prompts.full_text(row)) == '"Four Rooms"'
+  assert prompts.PromptFormat().response_of(prompts.full_text(row)) == '"Four Rooms"'
   assert prompts.unquote(' "Four Rooms" ') == "Four Rooms"
   assert ROWS[2]["instruction"].startswith("Given a list of video games the user has played")
 
@@ -215,7 +215,7 @@ def test_chatml_template_is_smollm2s_own_chat_template():
                                add_generation_prompt=True)
     assert prompts.prompt_for(row, "chatml") == expected
     assert prompts.full_text(row, "chatml") == expected + row["output"]
-    assert prompts.response_of(prompts.full_text(row, "chatml"), "chatml") == row["output"]
+    assert prompts.PromptFormat("chatml").response_of(expected + row["output"]) == row["output"]
   with pytest.raises(ValueError, match="unknown prompt template"):
     prompts.prompt_for(ROWS[0], "vicuna")
 
@@ -234,4 +234,34 @@ def test_chatml_response_only_labels_are_the_title_and_im_end(smollm2_tokenizer)
     assert tok.convert_ids_to_tokens(int(labels[-1])) == "<|im_end|>"
     # the decoded prompt + answer splits where generation's decode splits it
     text = tok.decode(ids, skip_special_tokens=True)
-    assert text.split(prompts.decoded_response_split("chatml"))[-1] == row["output"]
+    assert text.split(prompts.PromptFormat("chatml").decoded_split)[-1] == row["output"]
+
+
+def test_a_new_prompt_format_on_old_prepared_data(tmp_path, toy_dat, smollm2_tokenizer):
+  """A prepared directory is tokenized under any format without re-preparing: training renders
+  each row from its item ids and the catalog (alpaca: byte-identical to the stored text)."""
+  from bigrec_jax.data import prepare, prepared
+  from bigrec_jax.train import loop
+  from configs import tiny
+
+  tok, out = smollm2_tokenizer, str(tmp_path / "toy")
+  prepare.prepare("ml-1m", out, *toy_dat, prepare.PrepareOptions(
+      history_len=2, min_history=2, keep_last_of_short_users=True, target_rating_above="none"))
+  rows, titles = prepared.load_training_set([out], -1, 0)
+  stored = tokenize.tokenize_rows(tok, rows)  # the text prepare wrote (alpaca)
+  assert np.array_equal(tokenize.tokenize_rows(tok, rows, titles=titles).ids, stored.ids)
+  stale = [{**r, "instruction": "old wording", "input": "old history"} for r in rows]
+  chatml = prompts.PromptFormat("chatml")
+  assert np.array_equal(tokenize.tokenize_rows(tok, stale, template=chatml, titles=titles).ids,
+                        tokenize.tokenize_rows(tok, rows, template=chatml).ids)
+  config = tiny.get_config()
+  config.data.dir, config.data.sample, config.data.valid_split = out, -1, "valid"
+  config.data.prompt_template = "chatml"  # the training stage's path: ids + catalog
+  train, valid = loop._load_data(config, tok)  # pylint: disable=protected-access
+  assert len(train) == len(rows) and len(valid) == len(prepared.load_prepared(out).rows("valid"))
+  for i, row in enumerate(rows):
+    text = tok.decode(train.example(i)[0])
+    assert text == chatml.full_text(row) + "<|im_end|>" and text.startswith("<|im_start|>system")
+    history = ", ".join(prompts.quote(titles[i][j]) for j in row["history_item_ids"])
+    assert history in text and chatml.parse(chatml.response_of(text)[:-10]) == \
+        titles[i][row["target_item_id"]]

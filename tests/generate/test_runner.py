@@ -52,6 +52,25 @@ def test_too_long_prompts_fail_or_are_truncated_from_the_left(smollm2, caplog):
   assert list(ids[1]) == full[-120:]  # the response marker at the end is kept
 
 
+def test_prompts_of_prepared_rows_render_from_ids_in_the_options_format(smollm2, ml100k,
+                                                                        real_rows):
+  """With the catalog, prompts come from history_item_ids (alpaca: the stored text's ids), so a
+  chatml model generates on a directory prepared before chatml existed; bad ids are named."""
+  from bigrec_jax.data import prompts
+
+  titles = ml100k.log.titles
+  alpaca = Generator(smollm2, GenerateOptions(progress=False))
+  assert all(np.array_equal(a, b) for a, b in zip(alpaca.prompt_ids(real_rows, titles=titles),
+                                                  alpaca.prompt_ids(real_rows)))
+  fmt = prompts.PromptFormat("chatml")
+  chatml = Generator(smollm2, GenerateOptions(progress=False, prompt_format=fmt))
+  stale = [{**r, "input": "stale text"} for r in real_rows[:2]]
+  for row, ids in zip(real_rows, chatml.prompt_ids(stale, titles=titles)):
+    assert list(ids) == smollm2.tokenizer(fmt.prompt(row))["input_ids"]
+  with pytest.raises(UserError, match="row 0: history_item_ids"):
+    chatml.prompt_ids([{**real_rows[0], "history_item_ids": [len(titles)]}], titles=titles)
+
+
 def test_plan_buckets_pads_batches_and_keeps_every_row(smollm2):
   generator = Generator(smollm2, GenerateOptions(batch_size=3, bucket_multiple=32,
                                                  progress=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from bigrec_jax.data import prompts
-from bigrec_jax.generate import GenerateOptions, Generator, beam_search, runner
+from bigrec_jax.generate import GenerateOptions, Generator, beam_search
 
 # Raw prompts whose continuation is a list of quoted titles: without the flag the model goes on
 # past the first closing quote (`", "Next`); with it every hypothesis ends there.
@@ -19,8 +19,8 @@ def test_token_quote_counts(smollm2):
   for text, want in (('"', 1), ('",', 1), ('""', 2), ("Story", 0)):
     ids = tok.convert_tokens_to_ids([text])
     assert counts[ids[0]] == want, text
-  assert runner.after_closing_quote(' "Heat", "') == ', "'
-  assert runner.after_closing_quote('"Heat') == ""
+  assert prompts.PromptFormat.after_answer(' "Heat", "') == ', "'
+  assert prompts.PromptFormat.after_answer('"Heat') == ""
 
 
 def test_greedy_and_beam_stop_at_the_closing_quote(smollm2):

@@ -42,7 +42,7 @@ def test_tables_allow_exactly_the_trie_children_sparse_and_dense():
 def test_titles_are_tokenized_as_in_a_training_target(smollm2, template):
   tok = smollm2.tokenizer
   titles = ["Toy Story", "Wizard of Oz, The", "12 Angry Men"]
-  seqs = trie_lib.title_sequences(tok, titles, trie_lib.default_context(template=template))
+  seqs = trie_lib.title_sequences(tok, titles, prompts.PromptFormat(template).trie_context())
   for title, seq in zip(titles, seqs):
     row = {"instruction": "i", "input": "x", "output": prompts.quote(title)}
     prompt_ids = tok(prompts.prompt_for(row, template))["input_ids"]
