@@ -351,10 +351,12 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
   """Both sides of the generation check (config: `parity_config`; `model`: our model with the
   adapter already merged, else loaded and merged here); the comparison. parallel: the
   reference generates while ours does (as in `train_parity`)."""
+  from bigrec_jax.data import prompts
   from bigrec_jax.generate import beam_search, runner, trie as trie_lib
 
   os.makedirs(workdir, exist_ok=True)
   g = config.generate
+  fmt = prompts.format_of(config.data)  # the pipeline's prompt format (alpaca in the demo)
   if adapter:
     adapter = runner.resolve_adapter(adapter)
   if model is None:
@@ -366,12 +368,14 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
       max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, length_penalty=g.length_penalty,
       early_stopping=bool(g.get("early_stopping", False)), constrained=g.constrained,
       stop_at_closing_quote=g.stop_at_closing_quote,
-      share_prompt_prefix=g.get("share_prompt_prefix", True), progress=False)
+      share_prompt_prefix=g.get("share_prompt_prefix", True), progress=False,
+      prompt_format=fmt)
   generator = runner.Generator(model, options, titles=list(titles))
   sc = generator.search_config
   ids = generator.prompt_ids(rows)
   quote_counts = beam_search.token_quote_counts(model.tokenizer, model.config.vocab_size)
-  sequences = (trie_lib.title_sequences(model.tokenizer, list(titles), eos_token_id=sc.eos_token_id)
+  sequences = (trie_lib.title_sequences(model.tokenizer, list(titles),
+                                        context=fmt.trie_context(), eos_token_id=sc.eos_token_id)
                if options.constrained else [])
   job = {"model": _model_path(config), "adapter": adapter, "prompts": [p.tolist() for p in ids],
          "trie_sequences": sequences, "quote_counts": quote_counts.tolist(),
