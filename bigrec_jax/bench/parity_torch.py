@@ -42,9 +42,8 @@ def load_hf_model(model_path: str, adapter: str | None = None, trainable: bool =
     path = os.path.dirname(path)
   model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
   if adapter:
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    peft = importlib.import_module("peft")  # test-only dependency, imported where it is used
+    model = peft.PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
   return model
 
 
