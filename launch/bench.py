@@ -48,6 +48,9 @@ _RANDOM = flags.DEFINE_bool("random_weights", False, "Random weights with the ar
                             "--model=DIR (config.json + tokenizer files): same shapes, same work, "
                             "for machines that lack the checkpoint.")
 _PLATFORM = flags.DEFINE_string("platform", None, "Force a platform for both sides (cpu).")
+_NEIGHBOUR = flags.DEFINE_enum("neighbour", "none", ["none", "one_core"], "Shared-CPU mode: "
+                               "one_core runs a busy process pinned to one core while each "
+                               "worker (both sides) runs, and stops it after.")
 _MP = flags.DEFINE_bool("multiprocess_ground", False, "Run only the multi-process grounding "
                         "case (bigrec_jax/ground/catalog_bench.py): --mp_processes processes "
                         "under jax.distributed on this machine ground --mp_queries queries "
@@ -98,7 +101,7 @@ def main(argv):
       flops=_FLOPS.value, repeats=_REPEATS.value or (2 if _QUICK.value else 3),
       budget_s=_BUDGET.value, isolate=_ISOLATE.value, dtype=_DTYPE.value,
       sides=tuple(_SIDES.value), worker_timeout_s=_TIMEOUT.value, platform=_PLATFORM.value,
-      cases=tuple(_CASES.value), random_weights=_RANDOM.value))
+      cases=tuple(_CASES.value), random_weights=_RANDOM.value, neighbour=_NEIGHBOUR.value))
 
 
 if __name__ == "__main__":

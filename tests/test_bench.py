@@ -78,3 +78,29 @@ def test_runtime_package_does_not_import_torch():
           "assert 'torch' not in sys.modules, 'torch imported at module level'")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_shared_cpu_neighbour_holds_one_core_and_stops():
+  """--neighbour=one_core: a busy process pinned to the last core runs inside the block (it
+  burns CPU time there) and is gone after it."""
+  import time
+
+  from bigrec_jax.bench import measure
+
+  with measure.neighbour("one_core", limit_s=60) as info:
+    pid, core = info["pid"], info["core"]
+    assert os.sched_getaffinity(pid) == {core} and core == max(os.sched_getaffinity(0))
+    with open(f"/proc/{pid}/stat") as f:
+      start = int(f.read().rsplit(")", 1)[1].split()[11])  # utime, clock ticks
+    time.sleep(1.0)
+    with open(f"/proc/{pid}/stat") as f:
+      busy = int(f.read().rsplit(")", 1)[1].split()[11]) - start
+    assert busy > 0.3 * os.sysconf("SC_CLK_TCK"), busy  # > 0.3 CPU-seconds in 1 s
+  assert not os.path.exists(f"/proc/{pid}/stat") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+  with measure.neighbour("none", limit_s=60) as info:
+    assert info is None
+
+
+def test_neighbour_choice_is_checked(tmp_path):
+  r = _bench("--quick", "--neighbour=two_cores", f"--out={tmp_path / 'b.json'}", timeout=120)
+  assert r.returncode != 0 and "neighbour" in r.stderr

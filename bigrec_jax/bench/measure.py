@@ -9,12 +9,17 @@ Peak host memory is the process's VmHWM, reset before each case through /proc/se
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+NEIGHBOURS = ("none", "one_core")
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], *, repeats: int = 3,
@@ -108,3 +113,30 @@ def package_versions(names: list[str]) -> dict[str, str | None]:
     except metadata.PackageNotFoundError:
       out[n] = None
   return out
+
+
+# A busy loop that ends by itself (a bench killed hard leaves no spinning orphan behind).
+_BUSY_LOOP = ("import sys, time\n"
+              "end = time.monotonic() + float(sys.argv[1])\n"
+              "while time.monotonic() < end:\n"
+              "    pass\n")
+
+
+@contextlib.contextmanager
+def neighbour(kind: str, limit_s: float) -> Iterator[dict[str, Any] | None]:
+  """The bench's "shared CPU" mode: with kind "one_core", a CPU-bound process pinned to the last
+  core runs while the block runs (a user's other job, a CI neighbour), then is stopped; it stops
+  itself after `limit_s` in any case. Yields what was started (None for "none")."""
+  if kind not in NEIGHBOURS:
+    raise ValueError(f"neighbour must be one of {NEIGHBOURS}, got {kind!r}")
+  if kind == "none":
+    yield None
+    return
+  core = max(os.sched_getaffinity(0))
+  proc = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, str(limit_s)])
+  try:
+    os.sched_setaffinity(proc.pid, {core})
+    yield {"kind": kind, "core": core, "pid": proc.pid}
+  finally:
+    proc.kill()
+    proc.wait()

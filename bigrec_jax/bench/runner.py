@@ -45,6 +45,7 @@ class BenchOptions:
   platform: str | None = None  # JAX_PLATFORMS for the JAX worker (e.g. cpu)
   cases: tuple[str, ...] = ()  # keep only cases whose name is in this list (empty: all)
   random_weights: bool = False  # random weights with --model's architecture (config + tokenizer)
+  neighbour: str = "none"  # "one_core": a busy process on one core during every worker (shared CPU)
 
 
 def check(o: BenchOptions) -> BenchOptions:
@@ -58,6 +59,8 @@ def check(o: BenchOptions) -> BenchOptions:
     raise UserError(f"--isolate={o.isolate!r}: choose side, task or case")
   if o.dtype not in DTYPES:
     raise UserError(f"--dtype={o.dtype!r}: choose {', '.join(DTYPES)}")
+  if o.neighbour not in measure.NEIGHBOURS:
+    raise UserError(f"--neighbour={o.neighbour!r}: choose {', '.join(measure.NEIGHBOURS)}")
   if o.repeats < 1:
     raise UserError(f"--repeats must be >= 1, got {o.repeats}")
   if o.model and not os.path.exists(o.model):
@@ -90,7 +93,7 @@ def _groups(cases: list[workloads.Case], isolate: str) -> list[list[workloads.Ca
 
 
 def _run_worker(side: str, job: dict[str, Any], tmp: str, tag: str, timeout: float,
-                env: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
+                env: dict[str, str], neighbour: str = "none") -> tuple[dict[str, Any] | None, str]:
   job_path = os.path.join(tmp, f"{tag}.{side}.job.json")
   out_path = os.path.join(tmp, f"{tag}.{side}.out.json")
   log_path = os.path.join(tmp, f"{tag}.{side}.log")
@@ -101,7 +104,9 @@ def _run_worker(side: str, job: dict[str, Any], tmp: str, tag: str, timeout: flo
   problem = ""
   with open(log_path, "w") as log:
     try:
-      rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+      with measure.neighbour(neighbour, timeout):  # the same neighbour for both sides' workers
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            timeout=timeout).returncode
       if rc != 0:
         problem = f"worker exited with status {rc}"
     except subprocess.TimeoutExpired:
@@ -151,7 +156,8 @@ def run(o: BenchOptions) -> dict[str, Any]:
              "cases": [dict(c.to_json(), inputs=inputs[c.name]) for c in group]}
       for side in o.sides:
         job["flops"] = o.flops and "matmul_peak" not in side_info.get(side, {})  # once per side
-        res, problem = _run_worker(side, job, tmp, f"g{gi}", timeout, _worker_env(side, o))
+        res, problem = _run_worker(side, job, tmp, f"g{gi}", timeout, _worker_env(side, o),
+                                   o.neighbour)
         if res:
           info = side_info.setdefault(side, {})
           for key in ("device", "versions", "model_config", "host", "matmul_peak"):
@@ -202,9 +208,11 @@ def _assemble(o, model, cases, results, side_info, isolate, load_before, started
       "model": {"source": model, "config": config, "random_weights": o.random_weights or o.quick},
       "options": {"tasks": list(o.tasks), "repeats": o.repeats, "budget_s": o.budget_s,
                   "isolate": isolate, "dtype": o.dtype, "flops": o.flops,
+                  "neighbour": o.neighbour,
                   "statistic": "median of timed runs after one warm-up run"},
       "machine": {**host, "load_average_before": load_before, "load_average_after": load_after,
-                  "shared_load_note": _load_note(load_before, load_after, host.get("cores") or 1)},
+                  "shared_load_note": _load_note(load_before, load_after, host.get("cores") or 1,
+                                                 o.neighbour)},
       "sides": {s: {k: v for k, v in info.items() if k != "model_config"}
                 for s, info in side_info.items()},
       "device": {s: info.get("device") for s, info in side_info.items()},
@@ -214,7 +222,10 @@ def _assemble(o, model, cases, results, side_info, isolate, load_before, started
   }
 
 
-def _load_note(before, after, cores) -> str:
+def _load_note(before, after, cores, neighbour="none") -> str:
+  if neighbour != "none":
+    return (f"shared CPU mode (--neighbour={neighbour}): a busy process held one of the {cores} "
+            "cores during every worker, both sides")
   worst = max(before[0], after[0])
   if worst > 0.5 * cores:
     return (f"measured while the machine was shared (1-min load average {before[0]:.1f} before, "
