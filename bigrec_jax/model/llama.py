@@ -3,23 +3,32 @@
 Layers are stacked and run with `nn.scan` (one traced block, compile time independent of depth).
 Variables: 'params' holds the frozen base weights, 'lora' the adapters (see layers.Projection).
 
-A KV cache is a dict {"k", "v": [L, B, S, KVH, hd], "valid": [B, S] bool, "index": int32}:
-`index` is the next slot to write; `valid` marks real (non-padding) tokens. Positions come from
-the attention mask (left padding), so prefill and one-token decode share one code path.
+One block serves training, prefill, grounding and decoding; what attention reads is the cache
+(model/cache.py): none (training), a per-sequence KV cache (prefill, one-token decode: positions
+come from the attention mask and the cache's valid slots, left padding), or a beam cache (beam
+search's decode step: prompt K/V shared by a row's beams, generated K/V reordered lazily).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigrec_jax.model.cache import BeamCache, BeamStep, beam_attention, init_cache
 from bigrec_jax.model.config import LlamaConfig, LoraConfig
 from bigrec_jax.model.layers import Projection, RMSNorm, apply_rope, attention, rope_tables
 
 Array = jax.Array
+
+
+class SequenceKeys(NamedTuple):
+  """What attention reads besides a layer's K/V when there is no beam cache (shared by layers)."""
+  query_slots: Array  # [T] key slot of each query
+  key_valid: Array  # [B, S] real keys
+  write_index: Array  # int32: where this call's K/V go in a KV cache
 
 
 class DecoderBlock(nn.Module):
@@ -27,7 +36,7 @@ class DecoderBlock(nn.Module):
   lora: LoraConfig | None = None
 
   @nn.compact
-  def __call__(self, x, layer_cache, cos, sin, query_slots, key_valid, write_index, deterministic):
+  def __call__(self, x, layer_cache, cos, sin, keys, deterministic):
     cfg = self.config
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     proj = lambda n, f, axes, bias=False: Projection(
@@ -41,17 +50,19 @@ class DecoderBlock(nn.Module):
     v = proj("v_proj", cfg.num_kv_heads * cfg.head_dim, ("embed", "kv_proj"), cfg.attention_bias)(
         h, deterministic).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if layer_cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                              write_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                              write_index, axis=1)
-      new_cache = {"k": k, "v": v}
+    if isinstance(keys, BeamStep):
+      a, new_cache = beam_attention(q, k, v, layer_cache, keys, dt)
     else:
-      new_cache = None
-    a = attention(q, k.astype(dt), v.astype(dt), query_slots, key_valid,
-                  causal_block=cfg.causal_block if layer_cache is None else 0,
-                  kernels=cfg.kernels)
+      if layer_cache is not None:
+        put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(
+            buf, x.astype(buf.dtype), keys.write_index, axis=1)
+        k, v = put(layer_cache["k"], k), put(layer_cache["v"], v)
+        new_cache = {"k": k, "v": v}
+      else:
+        new_cache = None
+      a = attention(q, k.astype(dt), v.astype(dt), keys.query_slots, keys.key_valid,
+                    causal_block=cfg.causal_block if layer_cache is None else 0,
+                    kernels=cfg.kernels)
     x = x + proj("o_proj", cfg.hidden_size, ("q_proj", "embed"))(a, deterministic)
     h = RMSNorm(cfg.rms_norm_eps, pdt, name="post_norm")(x)
     gate = proj("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(h, deterministic)
@@ -61,7 +72,10 @@ class DecoderBlock(nn.Module):
 
 
 class Llama(nn.Module):
-  """Decoder-only causal LM. `output` is 'logits' or 'hidden' (after the final RMSNorm)."""
+  """Decoder-only causal LM. `output` is 'logits' or 'hidden' (after the final RMSNorm).
+
+  `cache`: None, a KV cache dict (returned updated) or a BeamCache (tokens [N, 1], one per beam;
+  `attention_mask` is then unused; returned with this step's K/V written)."""
   config: LlamaConfig
   lora: LoraConfig | None = None
 
@@ -72,16 +86,21 @@ class Llama(nn.Module):
     dt, pdt = cfg.compute_dtype, jnp.dtype(cfg.param_dtype)
     mask = attention_mask.astype(bool)
     t = input_ids.shape[1]
-    if cache is None:
-      offset = jnp.zeros((), jnp.int32)
-      key_valid = mask
-      positions = jnp.cumsum(mask, axis=1) - 1
+    if isinstance(cache, BeamCache):
+      positions, layer_cache, keys = cache.positions(), cache.layers(), cache.shared()
     else:
-      offset = cache["index"]
-      key_valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], mask, offset, axis=1)
-      positions = jnp.sum(cache["valid"], axis=1, keepdims=True) + jnp.cumsum(mask, axis=1) - 1
-    positions = jnp.maximum(positions, 0)
-    query_slots = offset + jnp.arange(t)
+      if cache is None:
+        offset = jnp.zeros((), jnp.int32)
+        key_valid = mask
+        positions = jnp.cumsum(mask, axis=1) - 1
+        layer_cache = None
+      else:
+        offset = cache["index"]
+        key_valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], mask, offset, axis=1)
+        positions = jnp.sum(cache["valid"], axis=1, keepdims=True) + jnp.cumsum(mask, axis=1) - 1
+        layer_cache = {"k": cache["k"], "v": cache["v"]}
+      positions = jnp.maximum(positions, 0)
+      keys = SequenceKeys(offset + jnp.arange(t), key_valid, offset)
     cos, sin = rope_tables(cfg, positions)
 
     embed = self.param("embed", nn.with_logical_partitioning(
@@ -90,19 +109,20 @@ class Llama(nn.Module):
 
     block = DecoderBlock
     if cfg.remat:
-      block = nn.remat(block, prevent_cse=False, static_argnums=(8,),
+      block = nn.remat(block, prevent_cse=False, static_argnums=(6,),
                        policy=jax.checkpoint_policies.nothing_saveable)
     layers = nn.scan(
         block, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
-                 nn.broadcast), length=cfg.num_layers,
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.lora, name="layers")
-    layer_cache = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-    x, new_kv = layers(x, layer_cache, cos, sin, query_slots, key_valid, offset, deterministic)
+    x, new_kv = layers(x, layer_cache, cos, sin, keys, deterministic)
     x = RMSNorm(cfg.rms_norm_eps, pdt, name="final_norm")(x)
-    new_cache = None
-    if cache is not None:
+    if isinstance(cache, BeamCache):
+      new_cache = cache.written(*new_kv)
+    elif cache is not None:
       new_cache = {"k": new_kv["k"], "v": new_kv["v"], "valid": key_valid, "index": offset + t}
+    else:
+      new_cache = None
     if output == "hidden":
       return x, new_cache
     weights = {"embed": embed}
@@ -110,14 +130,6 @@ class Llama(nn.Module):
       weights["lm_head"] = self.param("lm_head", nn.with_logical_partitioning(
           nn.initializers.normal(0.02), ("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size), pdt)
     return output_logits(cfg, weights, x), new_cache
-
-
-def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache of static shape [L, batch, max_len, KVH, hd]."""
-  dtype = dtype or config.compute_dtype
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "valid": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
 
 
 def variables(params, lora=None) -> dict:
