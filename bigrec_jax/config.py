@@ -32,6 +32,17 @@ def options(cls: type[T], section, **given: Any) -> T:
   return cls(**kw, **given)
 
 
+def prepare_options(config, **given: Any):
+  """The prepare stage's PrepareOptions from the `data` section (and `seed`)."""
+  from bigrec_jax.data.prepare import PrepareOptions
+
+  d = config.data
+  return options(PrepareOptions, d, **{
+      "eval_sample_size": d.valid_test_size, "valid_sample_size": d.valid_size or None,
+      "eval_sample_seed": d.valid_test_seed, "few_shot_sample": d.sample,
+      "few_shot_seed": config.seed, **given})
+
+
 # ----------------------------------------------------------------------------- the checker
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -48,12 +59,29 @@ def check(config, *, need_data: bool = False, check_devices: bool = False,
   `jax.distributed.initialize`); `num_devices` overrides jax.device_count().
   """
   _check_pipeline(config)
+  check_baselines(config.baselines)
   _check_train(config)
   parallel.parse_rules(config.mesh.rules)
   if check_devices:
     _check_devices(config, num_devices)
   if need_data:
     _check_data_dirs(config)
+
+
+def check_baselines(b, prefix: str = "--config.baselines") -> None:
+  """The baselines' hyperparameters (configs/baselines.py, the default tree's `baselines`): run
+  by `check`, and by launch/train_baseline.py on its own tree (prefix "--config")."""
+  from bigrec_jax.baselines import dros, trainer
+
+  try:
+    if b.max_len < 1:
+      raise UserError(f"config.max_len must be >= 1, got {b.max_len}")
+    trainer.TrainSettings.from_mapping(b.train.to_dict())
+    dros.DROSSettings.from_mapping(b.dros.to_dict())
+  except UserError as e:
+    message = str(e)
+    raise UserError(prefix + message[len("config"):] if message.startswith("config.")
+                    else message) from None
 
 
 def _check_pipeline(config) -> None:
@@ -74,6 +102,25 @@ def _check_pipeline(config) -> None:
                      ("valid_sample", -1)):
     if d[field] < low:
       raise UserError(f"--config.data.{field}={d[field]}: must be >= {low}")
+  if d.min_history < 0:
+    raise UserError(f"--config.data.min_history={d.min_history}: must be >= 1, or 0 (the "
+                    "dataset's rule)")
+  train, valid = d.train_fraction, d.valid_fraction
+  if not (0 < train and 0 <= valid and train + valid <= 1):
+    raise UserError(f"--config.data.train_fraction={train} --config.data.valid_fraction={valid}: "
+                    "the train fraction must be positive, the valid fraction >= 0, and they sum "
+                    "to at most 1 (test gets the rest)")
+  from bigrec_jax import cli
+  from bigrec_jax.data import prepare, prompts, titles
+
+  if d.domain:
+    cli.names("--config.data.domain", [d.domain], prompts.DOMAINS)
+  cli.names("--config.data.title_articles", [d.title_articles], titles.TITLE_ARTICLE_STYLES)
+  try:
+    prepare.rating_rule(d.target_rating_above, None)
+  except UserError:
+    raise UserError(f"--config.data.target_rating_above={d.target_rating_above}: must be a "
+                    "number, 'default' or 'none'") from None
   if d.valid_size < 0:
     raise UserError(f"--config.data.valid_size={d.valid_size}: must be >= 0 (0: "
                     "valid_test_size)")
@@ -95,6 +142,9 @@ def _check_pipeline(config) -> None:
                 "bucket_multiple"):
     if g[field] < 1:
       raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
+  if g.max_prompt_len < 0:
+    raise UserError(f"--config.generate.max_prompt_len={g.max_prompt_len}: must be >= 1, or 0 "
+                    "(the context minus max_new_tokens)")
   for field in ("embed_batch_size", "gamma_batch"):
     if config.ground[field] < 1:
       raise UserError(f"--config.ground.{field}={config.ground[field]}: must be >= 1")
@@ -124,7 +174,8 @@ def _check_pipeline(config) -> None:
   if ks != sorted(set(ks)) or not ks or ks[0] < 1:
     raise UserError(f"--config.ground.ks={ks}: must be positive, sorted and unique")
   if g.num_return_sequences > g.num_beams:
-    raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
+    raise UserError(f"--config.generate.num_return_sequences={g.num_return_sequences} cannot "
+                    f"exceed --config.generate.num_beams={g.num_beams}")
   beams = config.ground.beams
   if not 1 <= beams <= g.num_return_sequences:
     raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "

@@ -134,13 +134,8 @@ def prepare_stage(config, paths: Paths) -> dict:
   from bigrec_jax.data import prepare as prepare_lib
 
   d = config.data
-  options = prepare_lib.PrepareOptions(
-      history_len=d.history_len, target_rating_above=d.target_rating_above,
-      drop_empty_history=d.drop_empty_history, eval_sample_size=d.valid_test_size,
-      valid_sample_size=d.valid_size or None,
-      few_shot_sample=d.sample, few_shot_seed=config.seed, encoding=d.encoding or None)
-  stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
-                              options)
+  stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None,
+                              d.items_file or None, config_lib.prepare_options(config))
   return {"stats": stats}
 
 
@@ -252,7 +247,9 @@ _READS = {
     "prepare": ("seed", "data.dataset", "data.interactions_file", "data.items_file",
                 "data.encoding", "data.history_len", "data.target_rating_above",
                 "data.drop_empty_history", "data.valid_test_size", "data.valid_size",
-                "data.sample"),
+                "data.sample", "data.min_history", "data.train_fraction", "data.valid_fraction",
+                "data.valid_test_seed", "data.title_articles", "data.append_year",
+                "data.domain"),
     "train": ("seed", "model", "lora", "train", "data.extra_train_dirs", "data.sample",
               "data.cutoff_len", "data.train_on_inputs", "data.group_by_length",
               "data.bucket_multiple", "data.valid_split", "data.valid_sample",

@@ -103,7 +103,7 @@ class PrepareOptions:
   build_tfds: bool = False
 
 
-def _rating_rule(value: float | str | None, default: float | None) -> float | None:
+def rating_rule(value: float | str | None, default: float | None) -> float | None:
   if isinstance(value, str):
     text = value.strip().lower()
     if text == "default":
@@ -125,7 +125,7 @@ def resolve_rules(spec: DatasetSpec, options: PrepareOptions) -> sequences.Seque
       keep_last_of_short_users=(spec.keep_last_of_short_users
                                 if options.keep_last_of_short_users is None
                                 else options.keep_last_of_short_users),
-      target_rating_above=_rating_rule(options.target_rating_above, spec.target_rating_above),
+      target_rating_above=rating_rule(options.target_rating_above, spec.target_rating_above),
       drop_empty_history=options.drop_empty_history,
       train_fraction=options.train_fraction, valid_fraction=options.valid_fraction).check()
 
