@@ -420,6 +420,20 @@ def results_rows(paths: Paths) -> tuple[list[tuple[str, dict]], dict]:
   return list(compare.test_metrics(paths.workdir, ev).items()), ev
 
 
+def prompt_format_line(stats: dict, generate_marker: dict | None) -> str:
+  """The report's prompt format: what generation used (else what stats.json records)."""
+  prepared_with = stats.get("prompt_format")
+  used = ((generate_marker or {}).get("valid") or {}).get("prompt_format") or prepared_with
+  if not used:
+    return ""
+  line = (f"Prompt format: `{used['template']}` template, {used['domain']} wording, answer "
+          f"`{used['answer']}`")
+  if prepared_with and prepared_with["template"] != used["template"]:
+    line += (f" (the data was prepared under `{prepared_with['template']}`, data/stats.json; "
+             "prompts are rendered from the rows' item ids when tokenized)")
+  return line + "."
+
+
 def write_report(config, paths: Paths) -> str:
   rows, ev = results_rows(paths)
   ks = ev["ks"]
@@ -434,7 +448,7 @@ def write_report(config, paths: Paths) -> str:
            f"{config.data.sample if config.data.sample > 0 else 'all'} examples "
            f"(seed {config.seed}). Full statistics: `data/stats.json`.", "",
            f"Data rule: {sequences.describe_rules(stats['rules'])}." if "rules" in stats else "",
-           "",
+           "", prompt_format_line(stats, _maybe_json(paths.marker("generate"))), "",
            f"## Test results (all-rank over {ev['num_items']} items, "
            f"{ev['counts']['test']['rows']} rows, "
            f"{ev['counts']['test']['empty_predictions']} empty predictions)", ""]

@@ -101,6 +101,7 @@ class PrepareOptions:
   domain: str | None = None
   encoding: str | None = None
   build_tfds: bool = False
+  prompt_template: str = "alpaca"  # recorded in stats.json; prompts are rendered when tokenized
 
 
 def rating_rule(value: float | str | None, default: float | None) -> float | None:
@@ -149,6 +150,9 @@ def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> Datas
                     f"got {options.title_articles!r}")
   if options.domain is not None and options.domain not in prompts.DOMAINS:
     raise UserError(f"domain must be one of {prompts.DOMAINS}, got {options.domain!r}")
+  if options.prompt_template not in prompts.TEMPLATES:
+    raise UserError(f"prompt_template must be one of {prompts.TEMPLATES}, got "
+                    f"{options.prompt_template!r}")
   if options.append_year and dataset != "ml-100k":
     raise UserError("append_year only applies to ml-100k (the other MovieLens titles carry the year)")
   return DATASETS[dataset]
@@ -264,6 +268,10 @@ def _stats(dataset, domain, log, rules, options, parts, rows, popularity):
       "examples": {k: len(v) for k, v in rows.items()},
       "target_time_range": {k: _time_range(v) for k, v in parts.items()},
       "rules": dataclasses.asdict(rules),
+      # What data.prompt_template named when this was prepared; stages render prompts from the
+      # rows' ids at tokenization time and record the format they used (train_summary.json,
+      # the generation summaries), so another template works on this directory as it is.
+      "prompt_format": prompts.PromptFormat(options.prompt_template, domain).record(),
       "options": dataclasses.asdict(options),
   }
 
