@@ -51,8 +51,8 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def check(config, *, need_data: bool = False, check_devices: bool = False,
           num_devices: int | None = None) -> None:
   """The one checker of a config tree: every check that needs no heavy work, run by every entry
-  point that takes one (launch/pipeline.py, launch/train.py, pipeline.run_pipeline, loop.train)
-  before any model or data loads. A bad value is a UserError naming its --config field.
+  point that takes one (each stage launcher through cli.config_of, pipeline.run_pipeline,
+  loop.train) before any model or data loads. A bad value is a UserError naming its field.
 
   `need_data`: the prepared directories of `data.dir` (launch/train.py) must exist.
   `check_devices`: the mesh against the devices (needs the JAX backend, so after
@@ -99,12 +99,9 @@ def _check_pipeline(config) -> None:
                     f"{stages}")
   d = config.data
   for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1),
-                     ("valid_sample", -1)):
+                     ("valid_sample", -1), ("min_history", 0)):  # min_history 0: the dataset's
     if d[field] < low:
       raise UserError(f"--config.data.{field}={d[field]}: must be >= {low}")
-  if d.min_history < 0:
-    raise UserError(f"--config.data.min_history={d.min_history}: must be >= 1, or 0 (the "
-                    "dataset's rule)")
   train, valid = d.train_fraction, d.valid_fraction
   if not (0 < train and 0 <= valid and train + valid <= 1):
     raise UserError(f"--config.data.train_fraction={train} --config.data.valid_fraction={valid}: "
@@ -138,13 +135,10 @@ def _check_pipeline(config) -> None:
   if d.dataset not in DATASETS:
     raise UserError(f"--config.data.dataset={d.dataset!r}: choose one of {', '.join(DATASETS)}")
   g = config.generate  # checked here, not after training has run
-  for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size",
-                "bucket_multiple"):
-    if g[field] < 1:
-      raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
-  if g.max_prompt_len < 0:
-    raise UserError(f"--config.generate.max_prompt_len={g.max_prompt_len}: must be >= 1, or 0 "
-                    "(the context minus max_new_tokens)")
+  for field, low in (("num_beams", 1), ("num_return_sequences", 1), ("max_new_tokens", 1),
+                     ("batch_size", 1), ("bucket_multiple", 1), ("max_prompt_len", 0)):
+    if g[field] < low:  # max_prompt_len 0: the model's context minus max_new_tokens
+      raise UserError(f"--config.generate.{field}={g[field]}: must be >= {low}")
   for field in ("embed_batch_size", "gamma_batch"):
     if config.ground[field] < 1:
       raise UserError(f"--config.ground.{field}={config.ground[field]}: must be >= 1")
@@ -153,7 +147,7 @@ def _check_pipeline(config) -> None:
                     "or 0 (from the memory budget)")
   for field in ("pop_gammas", "cf_gammas"):
     grid = list(config.ground[field])
-    if not grid or any(not gamma >= 0 for gamma in grid):
+    if not grid or any(not 0 <= gamma < float("inf") for gamma in grid):
       raise UserError(f"--config.ground.{field}={grid}: must be a non-empty list of gammas >= 0")
   unknown = [m for m in config.ground.cf_sources if m not in config.baselines.models]
   if unknown:

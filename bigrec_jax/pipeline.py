@@ -68,26 +68,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_decoding(config) -> None:
-  from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES
+  from bigrec_jax.generate import runner
 
   g = config.generate
-  if g.exclude_history not in EXCLUDE_MODES:
-    raise UserError(f"--config.generate.exclude_history={g.exclude_history!r}: choose from "
-                    f"{EXCLUDE_MODES}")
-  assistant = g.assistant
-  if assistant not in ASSISTANTS:
-    raise UserError(f"--config.generate.assistant={assistant!r}: choose from {ASSISTANTS}")
-  if assistant not in ("none", "mostpop") and assistant not in config.baselines.models:
-    raise UserError(f"--config.generate.assistant={assistant} is not trained: add it to "
+  runner.check_catalog_options(config_lib.options(runner.GenerateOptions, g))
+  if g.assistant not in ("none", "mostpop") and g.assistant not in config.baselines.models:
+    raise UserError(f"--config.generate.assistant={g.assistant} is not trained: add it to "
                     "--config.baselines.models")
-  catalog_aware = (g.renormalize or assistant != "none"
-                   or g.exclude_history != "none")
-  if catalog_aware and not g.constrained:
-    raise UserError("--config.generate.renormalize / exclude_history / assistant act on the "
-                    "catalog trie: they need --config.generate.constrained=true")
-  for a in tuple(g.guidance_grid) + (g.guidance,):
+  for a in g.guidance_grid:
     if not 0 <= a <= 1:
-      raise UserError(f"--config.generate.guidance(_grid): alpha {a} is not in [0, 1]")
+      raise UserError(f"--config.generate.guidance_grid: alpha {a} is not in [0, 1]")
   if g.guidance_grid:
     method, _, metric = g.guidance_metric.partition("/")
     cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
