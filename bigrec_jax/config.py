@@ -102,14 +102,10 @@ def _check_pipeline(config) -> None:
                      ("valid_sample", -1), ("min_history", 0)):  # min_history 0: the dataset's
     if d[field] < low:
       raise UserError(f"--config.data.{field}={d[field]}: must be >= {low}")
-  train, valid = d.train_fraction, d.valid_fraction
-  if not (0 < train and 0 <= valid and train + valid <= 1):
-    raise UserError(f"--config.data.train_fraction={train} --config.data.valid_fraction={valid}: "
-                    "the train fraction must be positive, the valid fraction >= 0, and they sum "
-                    "to at most 1 (test gets the rest)")
   from bigrec_jax import cli
-  from bigrec_jax.data import prepare, prompts, titles
+  from bigrec_jax.data import prepare, prompts, sequences, titles
 
+  sequences.SequenceRules(train_fraction=d.train_fraction, valid_fraction=d.valid_fraction).check()
   if d.domain:
     cli.names("--config.data.domain", [d.domain], prompts.DOMAINS)
   cli.names("--config.data.title_articles", [d.title_articles], titles.TITLE_ARTICLE_STYLES)

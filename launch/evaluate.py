@@ -49,14 +49,9 @@ cli.define_flags_from({
     "ground.ks": "Cut-offs K of NDCG@K and HR@K.",
     "ground.pop_gammas": "Popularity gamma grid (the reference's 0..99).",
     "ground.cf_gammas": "CF gamma grid (the reference's 0,0.01..0.99,1..99).",
-    "ground.beams": "Ground the first N returned sequences together (an extension; 1 = "
-                    "predict[0] only, the reference). Per row: D_r = L2 distances of beam r's "
-                    "embedding to every item, min-max normalised per row; combined = sum_r w_r * "
-                    "D_r with w_r = (1/(r+1)) / (sum of 1/(j+1) over the row's non-empty beams j "
-                    "< N) (rows with fewer predictions use what they have). Gamma 0 ranks items "
-                    "by the combined distance; injection multiplies its per-row min-max by the "
-                    "popularity/CF weights as usual. --beams=1 is exactly the single-beam "
-                    "grounding. Not combined with --beam.",
+    "ground.beams": "Ground the first N returned sequences together, each beam's min-max L2 "
+                    "distances weighted by 1/(rank+1) (an extension; 1 = predict[0] only, the "
+                    "reference; README, 'Several beams per row'). Not combined with --beam.",
     "ground.both": "Also tune popularity + CF together (an extension).",
     "ground.embedding_cache": "Catalog embedding cache directory ('' = $BIGREC_HOME/embeddings).",
     "ground.embed_batch_size": "Texts per embedding batch.",

@@ -170,9 +170,8 @@ def test_a_short_flag_is_its_config_field(files):
   assert "--num_beams=0: must be >= 1" in _refused("generate.py", *common, "--num_beams=0")
   flat = _refused("generate.py", *common, "--num_beams=2", "--config.generate.num_beams=3")
   assert "--num_beams and --config.generate.num_beams are one field" in flat
-  flat = _refused("prepare_data.py", f"--out_dir={files['out']}", "--valid_fraction=0.5",
-                  "--config.data.train_fraction=0.6")
-  assert "--config.data.train_fraction=0.6 --valid_fraction=0.5" in flat
+  flat = _refused("generate.py", *common, "--config.generate.num_beams=0")
+  assert "--config.generate.num_beams=0: must be >= 1" in flat  # named as it was given
 
 
 def test_the_pipeline_checks_the_baselines_before_the_first_stage(tmp_path):

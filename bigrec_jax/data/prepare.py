@@ -132,6 +132,7 @@ def resolve_rules(spec: DatasetSpec, options: PrepareOptions) -> sequences.Seque
 
 
 def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> DatasetSpec:
+  """What the readers do not check themselves (config.check runs first at every entry point)."""
   if dataset not in DATASETS:
     raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
   if not out_dir:
@@ -142,17 +143,6 @@ def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> Datas
   if options.eval_sample_size < 1:
     raise UserError(f"valid/test sample size (--valid_test_size, --config.data.valid_test_size) "
                     f"must be >= 1, got {options.eval_sample_size}")
-  if options.few_shot_sample < -1:
-    raise UserError(f"few-shot sample (--sample, --config.data.sample) must be -1 (all) or >= 0, "
-                    f"got {options.few_shot_sample}")
-  if options.title_articles not in titles_lib.TITLE_ARTICLE_STYLES:
-    raise UserError(f"title_articles must be one of {titles_lib.TITLE_ARTICLE_STYLES}, "
-                    f"got {options.title_articles!r}")
-  if options.domain is not None and options.domain not in prompts.DOMAINS:
-    raise UserError(f"domain must be one of {prompts.DOMAINS}, got {options.domain!r}")
-  if options.prompt_template not in prompts.TEMPLATES:
-    raise UserError(f"prompt_template must be one of {prompts.TEMPLATES}, got "
-                    f"{options.prompt_template!r}")
   if options.append_year and dataset != "ml-100k":
     raise UserError("append_year only applies to ml-100k (the other MovieLens titles carry the year)")
   return DATASETS[dataset]

@@ -96,10 +96,6 @@ class Generator:
           stop_at_closing_quote=options.stop_at_closing_quote, renormalize=options.renormalize)
     except ValueError as e:
       raise UserError(f"generation options: {e}") from None
-    if options.batch_size < 1:
-      raise UserError(f"batch_size must be >= 1, got {options.batch_size}")
-    if options.bucket_multiple < 1:
-      raise UserError(f"bucket_multiple must be >= 1, got {options.bucket_multiple}")
     multiple = parallel.data_parallel_size(self.mesh) * jax.process_count()
     self.batch_size = -(-options.batch_size // multiple) * multiple
     if self.batch_size != options.batch_size:
