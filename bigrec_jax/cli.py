@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -400,24 +401,83 @@ def define_config_file(name: str = "config", default: str = "configs/default.py"
     if isinstance(e, (AttributeError, KeyError, ValueError, TypeError, OSError, flags.Error)):
       fail(f"--{name}: {e} (see the config file for every field)")
     raise
-def define_flags_from(section, helps: dict[str, str],
-                      choices: dict[str, Iterable[str]] | None = None) -> dict[str, Any]:
-  """One flag per `helps` entry, named like the config field and defaulting to its value in
-  `section` (a configs/default.py section), so a launcher's flags and the pipeline's fields
-  share one default; a field with `choices` is an enum flag. Returns {name: flag holder}."""
+_SHORT: dict[str, tuple[str, type | None]] = {}  # short flag -> (config field, element type)
+
+
+def _section(config, field: str):
+  """(the section holding a dotted --config field, its last name)."""
+  *parents, name = field.split(".")
+  for part in parents:
+    config = config[part]
+  return config, name
+
+
+def define_flags_from(helps: dict[str, str], choices: dict[str, Iterable[str]] | None = None):
+  """Short flags for --config fields: one knob, one default (the config's). `helps` maps a dotted
+  field ("generate.num_beams"; "model=model.path" names the flag) to its help; the flag shows
+  the field's value in the --config default file and, only when given, replaces the field
+  (`config_of`). `choices`: {field: names} makes an enum flag; a tuple field is a list flag."""
+  defaults = _load_config(_CONFIG_FLAGS["config"])
   define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-            str: flags.DEFINE_string}
-  holders = {}
-  for name, help_text in helps.items():
-    value = section[name]
-    if choices and name in choices:
-      holders[name] = flags.DEFINE_enum(name, value, list(choices[name]), help_text)
-    elif isinstance(value, (tuple, list)):  # a comma-separated list; the launcher converts it
-      holders[name] = flags.DEFINE_list(name, [str(v) for v in value], help_text)
+            str: flags.DEFINE_string, tuple: flags.DEFINE_list}
+  for key, help_text in helps.items():
+    name, _, field = key.rpartition("=")
+    name = name or field.rsplit(".", 1)[-1]
+    section, last = _section(defaults, field)
+    value, help_text = section[last], f"{help_text} (= --config.{field})"
+    if choices and field in choices:
+      flags.DEFINE_enum(name, value, list(choices[field]), help_text)
     else:
-      holders[name] = define[type(value)](name, value, help_text)
+      define[type(value)](name, list(map(str, value)) if isinstance(value, tuple) else value,
+                          help_text)
     flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
-  return holders
+    _SHORT[name] = (field, (_element_kind(value) or str) if isinstance(value, tuple) else None)
+
+
+def _typed() -> set[str]:
+  """The fields set on the command line as --config.FIELD."""
+  return {field for field, _ in _overrides(sys.argv, "config")}
+
+
+def given(field: str) -> bool:
+  """Whether the command line sets `field` (by its short flag or as --config.FIELD)."""
+  return field in _typed() or any(f == field and flags.FLAGS[n].present
+                                  for n, (f, _) in _SHORT.items())
+
+
+def config_of(holder, check: bool = True, **check_kw):
+  """The --config tree with the short flags given on the command line written into it, checked
+  by `check_config(config, **check_kw)` unless `check` is False."""
+  config, typed = holder.value, _typed()
+  for name, (field, kind) in _SHORT.items():
+    value = flags.FLAGS[name].value
+    if not flags.FLAGS[name].present:
+      continue
+    if field in typed:
+      raise UserError(f"--{name} and --config.{field} are one field: give one of them")
+    try:
+      section, last = _section(config, field)
+      section[last] = value if kind is None else tuple(map(kind, value))
+    except ValueError:
+      raise UserError(f"--{name}: expected {kind.__name__} values, got {','.join(value)}") from None
+  if check:
+    check_config(config, **check_kw)
+  return config
+
+
+def check_config(config, **kw) -> None:
+  """`config.check`, the one checker; its messages name the short flag of a field not given as
+  --config.FIELD (`--num_beams=0: must be >= 1`)."""
+  from bigrec_jax import config as config_lib
+
+  try:
+    config_lib.check(config, **kw)
+  except UserError as e:
+    message, typed = str(e), _typed()
+    for name, (field, _) in _SHORT.items():
+      if field not in typed:
+        message = re.sub(rf"--config\.{re.escape(field)}(?![\w.])", f"--{name}", message)
+    raise UserError(message) from None
 
 
 def define_multihost_flags() -> Callable[[], None]:

@@ -32,6 +32,17 @@ def options(cls: type[T], section, **given: Any) -> T:
   return cls(**kw, **given)
 
 
+def prepare_options(config, **given: Any):
+  """The prepare stage's PrepareOptions from the `data` section (and `seed`)."""
+  from bigrec_jax.data.prepare import PrepareOptions
+
+  d = config.data
+  return options(PrepareOptions, d, **{
+      "eval_sample_size": d.valid_test_size, "valid_sample_size": d.valid_size or None,
+      "eval_sample_seed": d.valid_test_seed, "few_shot_sample": d.sample,
+      "few_shot_seed": config.seed, **given})
+
+
 # ----------------------------------------------------------------------------- the checker
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -40,20 +51,37 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def check(config, *, need_data: bool = False, check_devices: bool = False,
           num_devices: int | None = None) -> None:
   """The one checker of a config tree: every check that needs no heavy work, run by every entry
-  point that takes one (launch/pipeline.py, launch/train.py, pipeline.run_pipeline, loop.train)
-  before any model or data loads. A bad value is a UserError naming its --config field.
+  point that takes one (each stage launcher through cli.config_of, pipeline.run_pipeline,
+  loop.train) before any model or data loads. A bad value is a UserError naming its field.
 
   `need_data`: the prepared directories of `data.dir` (launch/train.py) must exist.
   `check_devices`: the mesh against the devices (needs the JAX backend, so after
   `jax.distributed.initialize`); `num_devices` overrides jax.device_count().
   """
   _check_pipeline(config)
+  check_baselines(config.baselines)
   _check_train(config)
   parallel.parse_rules(config.mesh.rules)
   if check_devices:
     _check_devices(config, num_devices)
   if need_data:
     _check_data_dirs(config)
+
+
+def check_baselines(b, prefix: str = "--config.baselines") -> None:
+  """The baselines' hyperparameters (configs/baselines.py, the default tree's `baselines`): run
+  by `check`, and by launch/train_baseline.py on its own tree (prefix "--config")."""
+  from bigrec_jax.baselines import dros, trainer
+
+  try:
+    if b.max_len < 1:
+      raise UserError(f"config.max_len must be >= 1, got {b.max_len}")
+    trainer.TrainSettings.from_mapping(b.train.to_dict())
+    dros.DROSSettings.from_mapping(b.dros.to_dict())
+  except UserError as e:
+    message = str(e)
+    raise UserError(prefix + message[len("config"):] if message.startswith("config.")
+                    else message) from None
 
 
 def _check_pipeline(config) -> None:
@@ -71,9 +99,21 @@ def _check_pipeline(config) -> None:
                     f"{stages}")
   d = config.data
   for field, low in (("valid_test_size", 1), ("history_len", 1), ("sample", -1),
-                     ("valid_sample", -1)):
+                     ("valid_sample", -1), ("min_history", 0)):  # min_history 0: the dataset's
     if d[field] < low:
       raise UserError(f"--config.data.{field}={d[field]}: must be >= {low}")
+  from bigrec_jax import cli
+  from bigrec_jax.data import prepare, prompts, sequences, titles
+
+  sequences.SequenceRules(train_fraction=d.train_fraction, valid_fraction=d.valid_fraction).check()
+  if d.domain:
+    cli.names("--config.data.domain", [d.domain], prompts.DOMAINS)
+  cli.names("--config.data.title_articles", [d.title_articles], titles.TITLE_ARTICLE_STYLES)
+  try:
+    prepare.rating_rule(d.target_rating_above, None)
+  except UserError:
+    raise UserError(f"--config.data.target_rating_above={d.target_rating_above}: must be a "
+                    "number, 'default' or 'none'") from None
   if d.valid_size < 0:
     raise UserError(f"--config.data.valid_size={d.valid_size}: must be >= 0 (0: "
                     "valid_test_size)")
@@ -91,10 +131,10 @@ def _check_pipeline(config) -> None:
   if d.dataset not in DATASETS:
     raise UserError(f"--config.data.dataset={d.dataset!r}: choose one of {', '.join(DATASETS)}")
   g = config.generate  # checked here, not after training has run
-  for field in ("num_beams", "num_return_sequences", "max_new_tokens", "batch_size",
-                "bucket_multiple"):
-    if g[field] < 1:
-      raise UserError(f"--config.generate.{field}={g[field]}: must be >= 1")
+  for field, low in (("num_beams", 1), ("num_return_sequences", 1), ("max_new_tokens", 1),
+                     ("batch_size", 1), ("bucket_multiple", 1), ("max_prompt_len", 0)):
+    if g[field] < low:  # max_prompt_len 0: the model's context minus max_new_tokens
+      raise UserError(f"--config.generate.{field}={g[field]}: must be >= {low}")
   for field in ("embed_batch_size", "gamma_batch"):
     if config.ground[field] < 1:
       raise UserError(f"--config.ground.{field}={config.ground[field]}: must be >= 1")
@@ -103,7 +143,7 @@ def _check_pipeline(config) -> None:
                     "or 0 (from the memory budget)")
   for field in ("pop_gammas", "cf_gammas"):
     grid = list(config.ground[field])
-    if not grid or any(not gamma >= 0 for gamma in grid):
+    if not grid or any(not 0 <= gamma < float("inf") for gamma in grid):
       raise UserError(f"--config.ground.{field}={grid}: must be a non-empty list of gammas >= 0")
   unknown = [m for m in config.ground.cf_sources if m not in config.baselines.models]
   if unknown:
@@ -124,7 +164,8 @@ def _check_pipeline(config) -> None:
   if ks != sorted(set(ks)) or not ks or ks[0] < 1:
     raise UserError(f"--config.ground.ks={ks}: must be positive, sorted and unique")
   if g.num_return_sequences > g.num_beams:
-    raise UserError("--config.generate.num_return_sequences cannot exceed num_beams")
+    raise UserError(f"--config.generate.num_return_sequences={g.num_return_sequences} cannot "
+                    f"exceed --config.generate.num_beams={g.num_beams}")
   beams = config.ground.beams
   if not 1 <= beams <= g.num_return_sequences:
     raise UserError(f"--config.ground.beams={beams}: must be in 1..num_return_sequences "

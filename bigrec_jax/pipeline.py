@@ -68,26 +68,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_decoding(config) -> None:
-  from bigrec_jax.generate.runner import ASSISTANTS, EXCLUDE_MODES
+  from bigrec_jax.generate import runner
 
   g = config.generate
-  if g.exclude_history not in EXCLUDE_MODES:
-    raise UserError(f"--config.generate.exclude_history={g.exclude_history!r}: choose from "
-                    f"{EXCLUDE_MODES}")
-  assistant = g.assistant
-  if assistant not in ASSISTANTS:
-    raise UserError(f"--config.generate.assistant={assistant!r}: choose from {ASSISTANTS}")
-  if assistant not in ("none", "mostpop") and assistant not in config.baselines.models:
-    raise UserError(f"--config.generate.assistant={assistant} is not trained: add it to "
+  runner.check_catalog_options(config_lib.options(runner.GenerateOptions, g))
+  if g.assistant not in ("none", "mostpop") and g.assistant not in config.baselines.models:
+    raise UserError(f"--config.generate.assistant={g.assistant} is not trained: add it to "
                     "--config.baselines.models")
-  catalog_aware = (g.renormalize or assistant != "none"
-                   or g.exclude_history != "none")
-  if catalog_aware and not g.constrained:
-    raise UserError("--config.generate.renormalize / exclude_history / assistant act on the "
-                    "catalog trie: they need --config.generate.constrained=true")
-  for a in tuple(g.guidance_grid) + (g.guidance,):
+  for a in g.guidance_grid:
     if not 0 <= a <= 1:
-      raise UserError(f"--config.generate.guidance(_grid): alpha {a} is not in [0, 1]")
+      raise UserError(f"--config.generate.guidance_grid: alpha {a} is not in [0, 1]")
   if g.guidance_grid:
     method, _, metric = g.guidance_metric.partition("/")
     cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
@@ -134,13 +124,8 @@ def prepare_stage(config, paths: Paths) -> dict:
   from bigrec_jax.data import prepare as prepare_lib
 
   d = config.data
-  options = prepare_lib.PrepareOptions(
-      history_len=d.history_len, target_rating_above=d.target_rating_above,
-      drop_empty_history=d.drop_empty_history, eval_sample_size=d.valid_test_size,
-      valid_sample_size=d.valid_size or None,
-      few_shot_sample=d.sample, few_shot_seed=config.seed, encoding=d.encoding or None)
-  stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None, d.items_file or None,
-                              options)
+  stats = prepare_lib.prepare(d.dataset, paths.data, d.interactions_file or None,
+                              d.items_file or None, config_lib.prepare_options(config))
   return {"stats": stats}
 
 
@@ -252,7 +237,9 @@ _READS = {
     "prepare": ("seed", "data.dataset", "data.interactions_file", "data.items_file",
                 "data.encoding", "data.history_len", "data.target_rating_above",
                 "data.drop_empty_history", "data.valid_test_size", "data.valid_size",
-                "data.sample"),
+                "data.sample", "data.min_history", "data.train_fraction", "data.valid_fraction",
+                "data.valid_test_seed", "data.title_articles", "data.append_year",
+                "data.domain"),
     "train": ("seed", "model", "lora", "train", "data.extra_train_dirs", "data.sample",
               "data.cutoff_len", "data.train_on_inputs", "data.group_by_length",
               "data.bucket_multiple", "data.valid_split", "data.valid_sample",
@@ -423,6 +410,20 @@ def results_rows(paths: Paths) -> tuple[list[tuple[str, dict]], dict]:
   return list(compare.test_metrics(paths.workdir, ev).items()), ev
 
 
+def prompt_format_line(stats: dict, generate_marker: dict | None) -> str:
+  """The report's prompt format: what generation used (else what stats.json records)."""
+  prepared_with = stats.get("prompt_format")
+  used = ((generate_marker or {}).get("valid") or {}).get("prompt_format") or prepared_with
+  if not used:
+    return ""
+  line = (f"Prompt format: `{used['template']}` template, {used['domain']} wording, answer "
+          f"`{used['answer']}`")
+  if prepared_with and prepared_with["template"] != used["template"]:
+    line += (f" (the data was prepared under `{prepared_with['template']}`, data/stats.json; "
+             "prompts are rendered from the rows' item ids when tokenized)")
+  return line + "."
+
+
 def write_report(config, paths: Paths) -> str:
   rows, ev = results_rows(paths)
   ks = ev["ks"]
@@ -437,7 +438,7 @@ def write_report(config, paths: Paths) -> str:
            f"{config.data.sample if config.data.sample > 0 else 'all'} examples "
            f"(seed {config.seed}). Full statistics: `data/stats.json`.", "",
            f"Data rule: {sequences.describe_rules(stats['rules'])}." if "rules" in stats else "",
-           "",
+           "", prompt_format_line(stats, _maybe_json(paths.marker("generate"))), "",
            f"## Test results (all-rank over {ev['num_items']} items, "
            f"{ev['counts']['test']['rows']} rows, "
            f"{ev['counts']['test']['empty_predictions']} empty predictions)", ""]

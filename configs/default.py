@@ -48,6 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
   # "default"/"none" keep every target; 3 keeps targets rated 4-5 (the reference's first commit).
   c.data.target_rating_above = "default"
   c.data.drop_empty_history = False  # the game rule's single-review users give an empty history
+  c.data.min_history = 0  # earlier items a target needs (0 = the dataset's rule: 10)
+  c.data.train_fraction = 0.8  # earliest examples train, the next valid_fraction validate
+  c.data.valid_fraction = 0.1
+  c.data.valid_test_seed = 42  # of the valid/test samples (the reference's)
+  c.data.title_articles = "keep"  # keep | front: "Usual Suspects, The" -> "The Usual Suspects"
+  c.data.append_year = False  # ml-100k: "Toy Story (1995)" (recbole titles carry no year)
+  c.data.domain = ""  # prompt wording, movie | game ("" = the dataset's)
   c.data.valid_test_size = 5000  # rows sampled (seed 42) from the valid/test splits
   c.data.valid_size = 0  # if > 0, the valid sample's size instead (it only tunes gamma)
   c.data.dir = ""  # prepared directory for launch/train.py (the pipeline sets it)

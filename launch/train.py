@@ -23,7 +23,7 @@ sys.path.insert(0, _REPO)
 
 from absl import flags  # noqa: E402
 
-from bigrec_jax import cli, config as config_lib  # noqa: E402
+from bigrec_jax import cli  # noqa: E402
 from bigrec_jax.files import UserError  # noqa: E402
 from bigrec_jax.train import loop  # noqa: E402
 
@@ -37,8 +37,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   cli.output_dir(_WORKDIR, _WORKDIR.value)
-  config = _CONFIG.value
-  config_lib.check(config, need_data=True)  # devices: after jax.distributed
+  config = cli.config_of(_CONFIG, need_data=True)  # config.check; devices: after jax.distributed
   _INIT_DISTRIBUTED()
   loop.train(config, _WORKDIR.value)
 

@@ -17,12 +17,15 @@ run.json and an orbax checkpoint of the best parameters into --workdir.
 from __future__ import annotations
 
 import os
+import sys
 
-from absl import flags
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bigrec_jax import cli
-from bigrec_jax.baselines import models, run
-from bigrec_jax.files import UserError
+from absl import flags  # noqa: E402
+
+from bigrec_jax import cli, config as config_lib  # noqa: E402
+from bigrec_jax.baselines import models, run  # noqa: E402
+from bigrec_jax.files import UserError  # noqa: E402
 
 _CONFIG = cli.define_config_file("config", "configs/baselines.py",
                                  "Hyperparameters (configs/baselines.py); override fields with --config.train.max_epochs=5.")
@@ -43,6 +46,7 @@ def main(argv: list[str]) -> None:
   cli.output_dir(_WORKDIR, _WORKDIR.value)
   if _SAMPLE.value < -1:
     raise UserError(f"--sample={_SAMPLE.value}: must be -1 (all rows) or >= 0")
+  config_lib.check_baselines(_CONFIG.value, prefix="--config")  # as the pipeline checks them
   run.train_and_evaluate(_CONFIG.value, model=_MODEL.value, data_dir=_DATA_DIR.value,
                          workdir=_WORKDIR.value, sample=_SAMPLE.value, seed=_SEED.value)
 

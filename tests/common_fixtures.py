@@ -11,7 +11,6 @@ The numpy grounding reference the ground and evaluate tests compare against is
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Mapping, Sequence
 
 import numpy as np

@@ -19,7 +19,10 @@ from bigrec_jax.generate import runner
 _GIVEN = {"generate": {"progress", "prompt_format"},  # data.prompt_template
           "ground": {"data_dir", "valid_predictions", "test_predictions", "out_dir", "model",
                      "tokenizer", "cf_names", "cf_valid_scores", "cf_test_scores", "beam",
-                     "mesh_shape", "dtype", "progress"}}
+                     "mesh_shape", "dtype", "progress"},
+          # config.prepare_options maps the first five; the last two are prepare_data.py's own.
+          "data": {"eval_sample_size", "valid_sample_size", "eval_sample_seed", "few_shot_sample",
+                   "few_shot_seed", "keep_last_of_short_users", "build_tfds"}}
 
 
 def _config(*overrides):
@@ -36,8 +39,10 @@ def _config(*overrides):
 
 def test_every_options_field_is_a_config_field():
   c = _config()
+  from bigrec_jax.data.prepare import PrepareOptions
+
   for cls, section in ((runner.GenerateOptions, "generate"),
-                       (evaluate_run.EvaluateOptions, "ground")):
+                       (evaluate_run.EvaluateOptions, "ground"), (PrepareOptions, "data")):
     missing = {f.name for f in dataclasses.fields(cls)} - set(c[section]) - _GIVEN[section]
     assert not missing, (cls.__name__, missing)
 

@@ -101,9 +101,10 @@ class PrepareOptions:
   domain: str | None = None
   encoding: str | None = None
   build_tfds: bool = False
+  prompt_template: str = "alpaca"  # recorded in stats.json; prompts are rendered when tokenized
 
 
-def _rating_rule(value: float | str | None, default: float | None) -> float | None:
+def rating_rule(value: float | str | None, default: float | None) -> float | None:
   if isinstance(value, str):
     text = value.strip().lower()
     if text == "default":
@@ -125,12 +126,13 @@ def resolve_rules(spec: DatasetSpec, options: PrepareOptions) -> sequences.Seque
       keep_last_of_short_users=(spec.keep_last_of_short_users
                                 if options.keep_last_of_short_users is None
                                 else options.keep_last_of_short_users),
-      target_rating_above=_rating_rule(options.target_rating_above, spec.target_rating_above),
+      target_rating_above=rating_rule(options.target_rating_above, spec.target_rating_above),
       drop_empty_history=options.drop_empty_history,
       train_fraction=options.train_fraction, valid_fraction=options.valid_fraction).check()
 
 
 def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> DatasetSpec:
+  """What the readers do not check themselves (config.check runs first at every entry point)."""
   if dataset not in DATASETS:
     raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
   if not out_dir:
@@ -141,14 +143,6 @@ def _check_options(dataset: str, out_dir: str, options: PrepareOptions) -> Datas
   if options.eval_sample_size < 1:
     raise UserError(f"valid/test sample size (--valid_test_size, --config.data.valid_test_size) "
                     f"must be >= 1, got {options.eval_sample_size}")
-  if options.few_shot_sample < -1:
-    raise UserError(f"few-shot sample (--sample, --config.data.sample) must be -1 (all) or >= 0, "
-                    f"got {options.few_shot_sample}")
-  if options.title_articles not in titles_lib.TITLE_ARTICLE_STYLES:
-    raise UserError(f"title_articles must be one of {titles_lib.TITLE_ARTICLE_STYLES}, "
-                    f"got {options.title_articles!r}")
-  if options.domain is not None and options.domain not in prompts.DOMAINS:
-    raise UserError(f"domain must be one of {prompts.DOMAINS}, got {options.domain!r}")
   if options.append_year and dataset != "ml-100k":
     raise UserError("append_year only applies to ml-100k (the other MovieLens titles carry the year)")
   return DATASETS[dataset]
@@ -264,6 +258,10 @@ def _stats(dataset, domain, log, rules, options, parts, rows, popularity):
       "examples": {k: len(v) for k, v in rows.items()},
       "target_time_range": {k: _time_range(v) for k, v in parts.items()},
       "rules": dataclasses.asdict(rules),
+      # What data.prompt_template named when this was prepared; stages render prompts from the
+      # rows' ids at tokenization time and record the format they used (train_summary.json,
+      # the generation summaries), so another template works on this directory as it is.
+      "prompt_format": prompts.PromptFormat(options.prompt_template, domain).record(),
       "options": dataclasses.asdict(options),
   }
 

@@ -48,7 +48,7 @@ class SequenceRules:
     if not (0 < self.train_fraction and 0 <= self.valid_fraction
             and self.train_fraction + self.valid_fraction <= 1):
       raise UserError(f"split fractions --train_fraction={self.train_fraction} "
-                      f"--valid_fraction={self.valid_fraction} "
+                      f"--valid_fraction={self.valid_fraction} (--config.data.*) "
                       "must be positive and sum to at most 1 (test gets the rest)")
     return self
 

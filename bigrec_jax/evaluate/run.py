@@ -48,26 +48,18 @@ class EvaluateOptions:
 
 
 def _check(opts: EvaluateOptions) -> None:
+  """What the launcher gives (the config's fields are config.check's: ks, beams, grids, ...)."""
   n = len(opts.cf_names)
   if len(opts.cf_valid_scores) != n or len(opts.cf_test_scores) != n:
     raise UserError(f"--cf_names ({n}), --cf_valid_scores ({len(opts.cf_valid_scores)}) and "
                     f"--cf_test_scores ({len(opts.cf_test_scores)}) must list one entry per source")
   if len(set(opts.cf_names)) != n:
     raise UserError(f"--cf_names has duplicates: {list(opts.cf_names)}")
-  if not opts.ks or any(k < 1 for k in opts.ks):
-    raise UserError(f"--ks must be positive integers, got {list(opts.ks)}")
   if opts.beam < 0:
     raise UserError(f"--beam must be >= 0, got {opts.beam}")
-  if opts.beams < 1:
-    raise UserError(f"--beams must be >= 1, got {opts.beams}")
   if opts.beams > 1 and opts.beam != 0:
     raise UserError(f"--beams={opts.beams} grounds predict[0..{opts.beams - 1}]; it cannot be "
                     f"combined with --beam={opts.beam}")
-  if opts.query_batch is not None and opts.query_batch < 1:
-    raise UserError(f"--query_batch must be >= 1, got {opts.query_batch}")
-  for name, grid in (("--pop_gammas", opts.pop_gammas), ("--cf_gammas", opts.cf_gammas)):
-    if not len(grid) or any(g < 0 or not np.isfinite(g) for g in grid):
-      raise UserError(f"{name} must be a non-empty list of non-negative numbers")
 
 
 class _Grounder:

@@ -96,10 +96,6 @@ class Generator:
           stop_at_closing_quote=options.stop_at_closing_quote, renormalize=options.renormalize)
     except ValueError as e:
       raise UserError(f"generation options: {e}") from None
-    if options.batch_size < 1:
-      raise UserError(f"batch_size must be >= 1, got {options.batch_size}")
-    if options.bucket_multiple < 1:
-      raise UserError(f"bucket_multiple must be >= 1, got {options.bucket_multiple}")
     multiple = parallel.data_parallel_size(self.mesh) * jax.process_count()
     self.batch_size = -(-options.batch_size // multiple) * multiple
     if self.batch_size != options.batch_size:
@@ -110,7 +106,7 @@ class Generator:
     if self.max_prompt_len < 1:
       raise UserError(f"max_new_tokens {options.max_new_tokens} leaves no room for a prompt in "
                       f"the model's context of {self.config.max_position_embeddings} tokens")
-    _check_catalog_options(options)
+    check_catalog_options(options)
     self.trie = self.ranges = self.catalog_order = None
     self.num_items = len(titles) if titles else 0
     if options.constrained:
@@ -315,18 +311,20 @@ class RowGuidance:
   probs: np.ndarray | None = None  # [rows, num_items] assistant probabilities
 
 
-def _check_catalog_options(o: GenerateOptions) -> None:
+def check_catalog_options(o: GenerateOptions) -> None:
+  """The catalog-aware decoding options (config.check runs this on the config's)."""
+  g = "--config.generate."
   if o.exclude_history not in EXCLUDE_MODES:
-    raise UserError(f"exclude_history={o.exclude_history!r}: choose from {EXCLUDE_MODES}")
+    raise UserError(f"{g}exclude_history={o.exclude_history!r}: choose from {EXCLUDE_MODES}")
   if o.assistant not in ASSISTANTS:
-    raise UserError(f"assistant={o.assistant!r}: choose from {ASSISTANTS}")
+    raise UserError(f"{g}assistant={o.assistant!r}: choose from {ASSISTANTS}")
   if not 0.0 <= o.guidance <= 1.0:
-    raise UserError(f"guidance={o.guidance}: alpha must be in [0, 1] (1 = the LLM alone)")
+    raise UserError(f"{g}guidance={o.guidance}: alpha must be in [0, 1] (1 = the LLM alone)")
   if not o.assistant_temperature > 0:
-    raise UserError(f"assistant_temperature={o.assistant_temperature}: must be positive")
+    raise UserError(f"{g}assistant_temperature={o.assistant_temperature}: must be positive")
   if o.catalog_aware and not o.constrained:
     raise UserError("renormalize, exclude_history and assistant act on the catalog trie: "
-                    "they need constrained decoding (--constrained)")
+                    f"they need constrained decoding ({g}constrained)")
 
 
 def history_exclusions(rows: Sequence[dict], mode: str, data_dir: str | None,
@@ -510,7 +508,7 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
   """
   import time
 
-  _check_catalog_options(options)
+  check_catalog_options(options)
   inputs = []
   if options.constrained and not items:
     raise UserError("--constrained needs --items (items.tsv of the catalog)")

@@ -29,7 +29,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from bigrec_jax import parallel
 from bigrec_jax.model import (LlamaConfig, LoraConfig, abstract_variables, forward,

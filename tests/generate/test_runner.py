@@ -160,7 +160,6 @@ def test_launcher_help_and_bad_input_exit_cleanly(tmp_path):
 ])
 def test_launcher_catalog_aware_flags_are_checked_before_the_model_loads(tmp_path, flags,
                                                                          message):
-  from bigrec_jax.data import prepare
 
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   items = tmp_path / "items.tsv"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from bigrec_jax.data.tokenize import Tokenized, shared_prefix_length
-from bigrec_jax.model import LlamaConfig, forward, forward_shared_prefix, init_cache, load_model
+from bigrec_jax.model import forward, forward_shared_prefix, init_cache, load_model
 from common_fixtures import save_tiny_hf
 
 

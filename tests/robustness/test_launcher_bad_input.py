@@ -7,7 +7,6 @@ hand-made ML-1M-format files; the recommend cases the real ML-100K catalog (22 s
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

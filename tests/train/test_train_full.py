@@ -10,7 +10,6 @@ import pytest
 from bigrec_jax import parallel
 from bigrec_jax.data.tokenize import pad_examples
 from bigrec_jax.model import export
-from bigrec_jax.train import checkpoint as ckpt_lib
 from bigrec_jax.train import optimizer as opt_lib
 from bigrec_jax.train import step as step_lib
 from train_tiny import tiny_model, token_set
