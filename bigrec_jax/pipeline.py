@@ -214,7 +214,8 @@ def _evaluate_options(config, paths: Paths):
       cf_names=cf,
       cf_valid_scores=[os.path.join(paths.baseline_dir(m), "scores_valid_5000.npy") for m in cf],
       cf_test_scores=[os.path.join(paths.baseline_dir(m), "scores_test_5000.npy") for m in cf],
-      beam=0, mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype)
+      beam=0, mesh_shape=tuple(config.mesh.shape), dtype=config.model.dtype,
+      kernels=config.model.kernels)
 
 
 def evaluate_stage(config, paths: Paths, log) -> dict:

@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
   mesh = parallel.make_mesh(devices=jax.local_devices())  # each process embeds on its own devices
   m = config.model  # as the evaluate stage embeds (its dtype, float32 products)
   with parallel.logical_rules(config.mesh.rules):
-    model = load_model(m.path or None, mesh=mesh, dtype=m.dtype, tokenizer=m.tokenizer or None)
+    model = load_model(m.path or None, mesh=mesh, dtype=m.dtype, tokenizer=m.tokenizer or None,
+                       kernels=m.kernels)
     built = catalog_shards.embed_catalog_shards(
         model, titles, _OUT.value, num_shards=_NUM_SHARDS.value or None, dtype=_DTYPE.value,
         mesh=mesh, batch_size=config.ground.embed_batch_size, max_tokens=_MAX_TOKENS.value)

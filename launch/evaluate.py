@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
         out_dir=_OUT_DIR.value, model=m.path or None, tokenizer=m.tokenizer or None,
         cf_names=_CF_NAMES.value, cf_valid_scores=_CF_VALID.value,
         cf_test_scores=_CF_TEST.value, beam=_BEAM.value, mesh_shape=tuple(config.mesh.shape),
-        dtype=m.dtype, progress=_PROGRESS.value))
+        dtype=m.dtype, kernels=m.kernels, progress=_PROGRESS.value))
 
 
 if __name__ == "__main__":

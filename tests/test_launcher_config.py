@@ -117,9 +117,10 @@ def test_evaluate_builds_its_options_from_the_config(tmp_path, files):
                  f"--data_dir={files['data']}", f"--valid_predictions={files['rows']}",
                  f"--test_predictions={files['rows']}", f"--out_dir={files['out']}",
                  "--config.ground.pop_gammas=(0.0,2.5)", "--ks=1,5",
-                 "--config.ground.both=false")
+                 "--config.ground.both=false", "--config.model.kernels=xla")
   o = seen["args"][0]
   assert o["pop_gammas"] == [0.0, 2.5] and o["ks"] == [1, 5] and o["both"] is False
+  assert o["kernels"] == "xla"  # the embedding model's kernels, as training's
   assert len(o["cf_gammas"]) == 199 and o["embed_batch_size"] == 16  # the config's defaults
 
 
@@ -132,11 +133,13 @@ def test_recommend_takes_its_search_from_the_config(tmp_path, files):
 
 
 def test_build_catalog_embeds_with_the_config(tmp_path, files):
-  seen = _called(tmp_path, "bigrec_jax.model:load_model,"
-                 "bigrec_jax.ground.catalog_shards:embed_catalog_shards", "build_catalog.py",
-                 f"--titles={files['titles']}", f"--out_dir={files['out']}",
-                 "--config=configs/tiny.py", "--config.ground.embed_batch_size=5")
+  targets = "bigrec_jax.model:load_model,bigrec_jax.ground.catalog_shards:embed_catalog_shards"
+  args = (f"--titles={files['titles']}", f"--out_dir={files['out']}", "--config=configs/tiny.py",
+          "--config.ground.embed_batch_size=5", "--config.model.kernels=xla")
+  seen = _called(tmp_path, targets, "build_catalog.py", *args)
   assert seen["batch_size"] == 5 and seen["args"][1] == ["Toy Story"]
+  load = json.loads((tmp_path / "seen.json").read_text())["bigrec_jax.model:load_model"]
+  assert load["kernels"] == "xla"
 
 
 def test_train_baseline_takes_its_hyperparameters_from_the_config(tmp_path, files):

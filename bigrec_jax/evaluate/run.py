@@ -44,6 +44,7 @@ class EvaluateOptions:
   gamma_batch: int = 4
   mesh_shape: Sequence[int] = (-1, 1, 1)
   dtype: str = "float32"
+  kernels: str = "auto"  # the embedding model's products and attention (model.kernels, ops.py)
   progress: bool = True
 
 
@@ -88,7 +89,7 @@ class _Grounder:
       from bigrec_jax.model import load_model
 
       self.model = load_model(self.opts.model, dtype=self.opts.dtype, mesh=self.mesh,
-                              tokenizer=self.opts.tokenizer)
+                              tokenizer=self.opts.tokenizer, kernels=self.opts.kernels)
     self.embed_kw = dict(batch_size=self.opts.embed_batch_size, mesh=self.mesh,
                          progress=self.opts.progress)
     cache = self.opts.embedding_cache or os.path.join(assets.home(), "embeddings")
