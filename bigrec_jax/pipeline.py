@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from bigrec_jax import config as config_lib, files, parallel
+from bigrec_jax import config as config_lib, files, host, parallel
 from bigrec_jax.data import prepared, sequences
 from bigrec_jax.evaluate import compare
 from bigrec_jax.files import UserError
@@ -112,7 +112,8 @@ def run_stage(paths: Paths, name: str, fn: Callable[[], dict], redo: str | None,
   log(f"[pipeline] {name}: starting" + (f" again ({redo})" if redo else ""))
   start = time.time()
   summary = fn() or {}
-  summary = {**summary, "seconds": round(time.time() - start, 2)}
+  summary = {**summary, "seconds": round(time.time() - start, 2),
+             "malloc": host.describe_malloc()}  # stage times depend on it (bigrec_jax/host.py)
   if record is not None:
     summary["made_with"] = {**record, "token": uuid.uuid4().hex}
   files.write_json(marker, summary)  # written last: the stage is complete
@@ -487,10 +488,14 @@ def write_report(config, paths: Paths) -> str:
   lines += ["", "## Example recommendations (test)", ""]
   lines += _examples(paths)
   lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+  mallocs = []
   for stage in STAGES[:-1]:
     m = _maybe_json(paths.marker(stage))
     if m:
       lines.append(f"| {stage} | {m['seconds']:.1f} |")
+      mallocs += [m["malloc"]] if m.get("malloc") not in mallocs + [None] else []
+  if mallocs:
+    lines += ["", f"malloc: {'; '.join(mallocs)}"]
   if config.pipeline.compare:
     runs = [("this run", paths.workdir)] + [
         compare.parse_run(spec, "--config.pipeline.compare") for spec in config.pipeline.compare]

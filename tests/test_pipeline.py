@@ -51,6 +51,8 @@ def test_tiny_pipeline_writes_a_complete_report(tiny_run):
     assert method in report, method
   assert "## Example recommendations" in report and "grounded:" in report
   assert "## Wall time per stage" in report
+  malloc = json.load(open(os.path.join(workdir, "stages", "train.json")))["malloc"]
+  assert malloc.startswith(("glibc", "tcmalloc")) and f"malloc: {malloc}" in report
   assert "one quoted title for" in report and "catalog title for" in report
   assert "![training curve](train_curve.png)" in report
   assert os.path.getsize(os.path.join(workdir, "train_curve.png")) > 1000

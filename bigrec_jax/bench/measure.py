@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any, Callable, Iterator
 
+from bigrec_jax import host
+
 NEIGHBOURS = ("none", "one_core")
 
 
@@ -86,21 +88,7 @@ def host_info() -> dict[str, Any]:
     pass
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "platform": platform.platform(), "ram_available_bytes": available_ram_bytes(),
-          "load_average": list(os.getloadavg()), "allocator": malloc_in_use()}
-
-
-def malloc_in_use() -> str:
-  """tcmalloc / jemalloc when preloaded (launch/setup.sh does so when it finds tcmalloc), else
-  glibc. Both sides of a comparison should use the same one: on CPU it moves step times by ~20%."""
-  try:
-    with open("/proc/self/maps") as f:
-      maps = f.read()
-  except OSError:
-    return "unknown"
-  for name in ("tcmalloc", "jemalloc"):
-    if name in maps:
-      return name
-  return "glibc"
+          "load_average": list(os.getloadavg()), "allocator": host.describe_malloc()}
 
 
 def package_versions(names: list[str]) -> dict[str, str | None]:
