@@ -78,7 +78,12 @@ def _check_decoding(config) -> None:
   for a in g.guidance_grid:
     if not 0 <= a <= 1:
       raise UserError(f"--config.generate.guidance_grid: alpha {a} is not in [0, 1]")
-  if g.guidance_grid:
+  if g.guidance_grid and g.assistant == "none":
+    raise UserError("--config.generate.guidance_grid needs --config.generate.assistant")
+  if g.length_penalty_grid and not g.constrained:
+    raise UserError("--config.generate.length_penalty_grid: the grid is chosen on grounded "
+                    "catalog titles; it needs --config.generate.constrained=true")
+  if _searched(g):
     method, _, metric = g.guidance_metric.partition("/")
     cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
     methods = ["bigrec", "bigrec+pop"] + [f"{p}{m}" for m in cf
@@ -89,10 +94,15 @@ def _check_decoding(config) -> None:
                       f"method/metric with a method of {methods} and a metric of {metrics}")
 
 
+def _searched(g) -> bool:
+  """Does generation choose alpha and/or length_penalty on the valid rows?"""
+  return bool(g.guidance_grid) or bool(g.length_penalty_grid)
+
+
 def stage_order(config) -> tuple[str, ...]:
   """STAGES, with baselines before generate when the search is guided by one of them."""
   g = config.generate
-  cf_metric = g.guidance_grid and "+cf:" in g.guidance_metric  # alpha chosen with CF grounding
+  cf_metric = _searched(g) and "+cf:" in g.guidance_metric  # chosen with CF grounding
   if g.assistant in ("none", "mostpop") and not cf_metric:
     return STAGES
   return ("prepare", "train", "baselines", "generate", "evaluate", "report")
@@ -152,13 +162,15 @@ def generate_stage(config, paths: Paths) -> dict:
   options = config_lib.options(runner.GenerateOptions, g,
                                prompt_format=prompts.format_of(config.data))
   splits = ("valid", "test")
-  guided = dict(assistant_scores=None, alpha_grid=(), alpha_metric=None)
+  guided = dict(assistant_scores=None, alpha_grid=(), length_penalty_grid=(), grid_metric=None)
   if options.assistant not in ("none", "mostpop"):
     guided["assistant_scores"] = [
         os.path.join(paths.baseline_dir(options.assistant), f"scores_{split}_5000.npy")
         for split in splits]
-  if options.assistant != "none" and g.guidance_grid:
-    guided.update(alpha_grid=tuple(g.guidance_grid), alpha_metric=_alpha_metric(config, paths))
+  if _searched(g):
+    guided.update(alpha_grid=tuple(g.guidance_grid),
+                  length_penalty_grid=tuple(g.length_penalty_grid),
+                  grid_metric=_grid_metric(config, paths))
   summaries = runner.run_files(
       [(os.path.join(paths.data, f"{split}_5000.json"), paths.predictions_file(split))
        for split in splits], options, model_path=config.model.path or None,
@@ -166,9 +178,11 @@ def generate_stage(config, paths: Paths) -> dict:
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
       matmul_dtype=config.model.matmul_dtype, kernels=config.model.kernels,
       tokenizer=config.model.tokenizer or None, **guided)
-  if guided["alpha_grid"]:
+  if _searched(g):
     for summary in summaries:
-      summary["decoding"]["alpha_metric"] = g.guidance_metric
+      summary["grid_metric"] = g.guidance_metric
+      if "decoding" in summary:
+        summary["decoding"]["alpha_metric"] = g.guidance_metric
   return dict(zip(splits, summaries))
 
 
@@ -193,7 +207,7 @@ def baselines_stage(config, paths: Paths, log, fresh: bool = False) -> dict:
   return {"runs": out}
 
 
-def _alpha_metric(config, paths: Paths) -> Callable[[list[dict]], float]:
+def _grid_metric(config, paths: Paths) -> Callable[[list[dict]], float]:
   """Generated valid rows -> `generate.guidance_metric` ("method/metric") after grounding them as
   the evaluate stage does (gammas tuned on the same valid rows): alpha is chosen like gamma."""
   from bigrec_jax.evaluate import run as evaluate_run
@@ -270,7 +284,7 @@ def _stage_config(config, name: str) -> dict[str, Any]:
 
   whole = config.to_dict()
   # An alpha grid is chosen on grounded valid rows: generation then reads the grounding fields.
-  extra = ("ground",) if name == "generate" and config.generate.guidance_grid else ()
+  extra = ("ground",) if name == "generate" and _searched(config.generate) else ()
   for field in _READS[name] + extra:
     node = whole
     for part in field.split("."):
@@ -478,6 +492,11 @@ def write_report(config, paths: Paths) -> str:
                    f"{decoding['exclude_history']}, assistant={decoding['assistant']} "
                    f"(alpha {decoding['guidance']:g}, temperature "
                    f"{decoding['assistant_temperature']:g}){chosen}")
+    lp_grid = gen.get("valid", {}).get("length_penalty_grid")
+    if lp_grid:
+      lines.append(f"- length_penalty {gen['valid']['length_penalty']:g}, chosen on the valid "
+                   f"rows' grounded {gen['valid'].get('grid_metric')}: "
+                   + ", ".join(f"{lp}: {m:.4f}" for lp, m in lp_grid.items()))
   train = _maybe_json(os.path.join(paths.train, "train_summary.json")) or _maybe_json(
       paths.marker("train"))
   if train:

@@ -124,7 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
   # `guidance_metric` is best (gammas tuned on the same rows, as for the test split) is used for
   # both splits; () = just `guidance`. E.g. (0.0, 0.25, 0.5, 0.75, 1.0).
   c.generate.guidance_grid = ()
-  c.generate.guidance_metric = "bigrec/NDCG@10"  # method/metric of metrics.json
+  # Length penalties tried on the valid rows the same way (with the alphas: their product);
+  # () = just `length_penalty`. E.g. (0.0, 1.0) (D3 uses 0; the reference 1).
+  c.generate.length_penalty_grid = ()
+  c.generate.guidance_metric = "bigrec/NDCG@10"  # method/metric of metrics.json (both grids)
 
   c.ground = ml_collections.ConfigDict()
   c.ground.embed_batch_size = 16

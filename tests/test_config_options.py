@@ -19,7 +19,7 @@ from bigrec_jax.generate import runner
 _GIVEN = {"generate": {"progress", "prompt_format"},  # data.prompt_template
           "ground": {"data_dir", "valid_predictions", "test_predictions", "out_dir", "model",
                      "tokenizer", "cf_names", "cf_valid_scores", "cf_test_scores", "beam",
-                     "mesh_shape", "dtype", "progress"},
+                     "mesh_shape", "dtype", "kernels", "progress"},  # model.*, mesh.shape
           # config.prepare_options maps the first five; the last two are prepare_data.py's own.
           "data": {"eval_sample_size", "valid_sample_size", "eval_sample_seed", "few_shot_sample",
                    "few_shot_seed", "keep_last_of_short_users", "build_tfds"}}

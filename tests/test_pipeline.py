@@ -299,7 +299,8 @@ def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
   guided = str(tmp_path / "guided")
   shutil.copytree(workdir, guided)
   args = ["--config.generate.assistant=sasrec", "--config.generate.renormalize=true",
-          "--config.generate.exclude_history=shown", "--config.generate.guidance_grid=(0.0,1.0)"]
+          "--config.generate.exclude_history=shown", "--config.generate.guidance_grid=(0.0,1.0)",
+          "--config.generate.length_penalty_grid=(0.0,1.0)"]
   config = tiny.get_config()
   config.generate.assistant = "sasrec"
   assert pipeline.stage_order(config).index("baselines") < pipeline.stage_order(config).index(
@@ -308,10 +309,14 @@ def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
            "--stages=generate,evaluate,report", "--force_stage=generate",
            "--force_stage=evaluate", "--force_stage=report", *args)
   assert r.returncode == 0, r.stderr[-3000:]
-  decoding = json.load(open(os.path.join(guided, "stages", "generate.json")))["valid"]["decoding"]
-  grid = decoding["alpha_grid"]
+  valid = json.load(open(os.path.join(guided, "stages", "generate.json")))["valid"]
+  decoding = valid["decoding"]
+  grid = decoding["alpha_grid"]  # each alpha's best valid metric over the length penalties
   assert set(grid) == {"0", "1"} and decoding["alpha_metric"] == "bigrec/NDCG@10"
   assert decoding["guidance"] == max((0.0, 1.0), key=lambda a: (grid[f"{a:g}"], a))
+  penalties = valid["length_penalty_grid"]  # and each penalty's best over the alphas
+  assert set(penalties) == {"0", "1"} and valid["grid_metric"] == "bigrec/NDCG@10"
+  assert penalties[f"{valid['length_penalty']:g}"] == max(grid.values()) == max(penalties.values())
   # the grid's value of the chosen alpha is the grounded valid NDCG@10 the evaluation reports
   ev = json.load(open(os.path.join(guided, "eval", "metrics.json")))
   assert grid[f"{decoding['guidance']:g}"] == pytest.approx(
@@ -322,8 +327,9 @@ def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
     for row in json.load(open(os.path.join(guided, "predictions", f"{split}.json"))):
       watched = {titles[i] for i in row["history_item_ids"]}
       assert not any(p.strip('"') in watched for p in row["predict"]), row["predict"]
-  assert "- decoding: renormalize=True, exclude_history=shown, assistant=sasrec" in open(
-      os.path.join(guided, "report.md")).read()
+  report = open(os.path.join(guided, "report.md")).read()
+  assert "- decoding: renormalize=True, exclude_history=shown, assistant=sasrec" in report
+  assert f"- length_penalty {valid['length_penalty']:g}, chosen on the valid rows" in report
   bad = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'x'}",
              "--config.generate.assistant=caser")
   assert bad.returncode == 2 and "assistant=caser is not trained" in bad.stderr, bad.stderr[-2000:]

@@ -91,11 +91,14 @@ def test_a_cheap_stage_is_redone_and_old_markers_pass(ran, tmp_path):
   assert os.path.exists(tmp_path / "stages" / "train.json")
 
 
-def test_generation_with_an_alpha_grid_reads_the_grounding_fields(ran, tmp_path):
-  _go(tmp_path, generate__guidance_grid=(0.5, 1.0))
-  _go(tmp_path, generate__guidance_grid=(0.5, 1.0))  # unchanged: skipped
+@pytest.mark.parametrize("grid", [
+    dict(generate__assistant="mostpop", generate__guidance_grid=(0.5, 1.0)),
+    dict(generate__length_penalty_grid=(0.0, 1.0))], ids=["alpha", "length_penalty"])
+def test_generation_with_a_search_grid_reads_the_grounding_fields(ran, tmp_path, grid):
+  _go(tmp_path, **grid)
+  _go(tmp_path, **grid)  # unchanged: skipped
   with pytest.raises(UserError, match="stage generate .*ground.pop_gammas"):
-    _go(tmp_path, generate__guidance_grid=(0.5, 1.0), ground__pop_gammas=(0.0, 1.0))
+    _go(tmp_path, **grid, ground__pop_gammas=(0.0, 1.0))
   # Without a grid, generation does not read them: only evaluate is stale.
   _go(tmp_path / "plain")
   with pytest.raises(UserError, match="stage evaluate .*ground.pop_gammas"):

@@ -233,18 +233,22 @@ class Generator:
         batch.get("mass_prefix_low"), weight)
 
   def generate_ids(self, prompt_ids: Sequence[np.ndarray], desc: str = "generate", *,
-                   guidance: RowGuidance | None = None, alpha: float | None = None
+                   guidance: RowGuidance | None = None, alpha: float | None = None,
+                   length_penalty: float | None = None
                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per prompt: (tokens [R, T], scores [R], lengths [R]) in input order.
 
     guidance: `row_guidance` of the same rows (exclusion / assistant); alpha overrides
-    options.guidance (one compiled program serves every alpha).
+    options.guidance (one compiled program serves every alpha); length_penalty overrides
+    options.length_penalty (a static of the search: one program per value).
     """
     from tqdm import tqdm
 
     data = tokenize_lib.Tokenized.from_lists([list(x) for x in prompt_ids],
                                              [[0] * len(x) for x in prompt_ids])
     results: list[Any] = [None] * len(prompt_ids)
+    search_config = self.search_config if length_penalty is None else dataclasses.replace(
+        self.search_config, length_penalty=float(length_penalty))
     prefix_len = (tokenize_lib.shared_prefix_length(data) if self.options.share_prompt_prefix
                   else 0)
     start, stop = parallel.process_share(self.batch_size)
@@ -259,7 +263,7 @@ class Generator:
       # The per-row prefix sums travel with the prompts: sharded over the data axes.
       batch = parallel.global_batch_from_local(
           {"ids": local["input_ids"], "mask": local["attention_mask"], **host}, self.mesh)
-      out = beam_search.search(self.config, self.search_config, self.params, batch["ids"],
+      out = beam_search.search(self.config, search_config, self.params, batch["ids"],
                                batch["mask"], self.trie, self.quote_counts,
                                prefix_len=prefix_len, guide=make_guide(batch))
       tokens, scores, lengths = (_to_host(x) for x in out)
@@ -498,13 +502,16 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
               matmul_dtype: str = "", kernels: str = "auto", tokenizer: str | None = None,
               assistant_scores: Sequence[str] | None = None,
               alpha_grid: Sequence[float] = (),
-              alpha_metric: Callable[[list[dict]], float] | None = None) -> list[dict[str, Any]]:
+              length_penalty_grid: Sequence[float] = (),
+              grid_metric: Callable[[list[dict]], float] | None = None
+              ) -> list[dict[str, Any]]:
   """`run` for several (input, output) files with one model load, merge and trie build.
 
   assistant_scores: per job, the .npy of a CF assistant's scores for that file's rows.
-  alpha_grid (with an assistant): the first job's rows are generated with every alpha of the
-  grid and the one `alpha_metric(rows with predict)` rates highest (ties: the larger alpha,
-  nearer the LLM alone) is used for every job; the summaries say which.
+  alpha_grid (with an assistant) and/or length_penalty_grid: the first job's rows are generated
+  with every (alpha, length_penalty) of the grids' product (an empty grid: the option's value)
+  and the pair `grid_metric(rows with predict)` rates highest (ties: the larger alpha, nearer
+  the LLM alone, then the larger penalty) is used for every job; the summaries say which.
   """
   import time
 
@@ -534,22 +541,25 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
                       "matrix per input file (baselines/<model>/scores_<split>.npy)")
     cf_scores = [read_score_matrix(path, len(rows), len(titles), input_path)
                  for path, rows, (input_path, _) in zip(assistant_scores, inputs, jobs)]
-  if alpha_grid and (options.assistant == "none" or alpha_metric is None):
-    raise ValueError("alpha_grid needs an assistant and alpha_metric")
+  if alpha_grid and options.assistant == "none":
+    raise ValueError("alpha_grid needs an assistant")
+  if (alpha_grid or length_penalty_grid) and grid_metric is None:
+    raise ValueError("a search grid needs grid_metric")
   mesh = parallel.make_mesh(mesh_shape)
   model = load_merged_model(model_path, adapter, dtype=dtype, mesh=mesh, matmul_dtype=matmul_dtype,
                             kernels=kernels, tokenizer=tokenizer)
   generator = Generator(model, options, titles=titles, mesh=mesh)
   catalog = None if titles is None else set(titles)
   summaries = []
-  alpha, grid_metrics = options.guidance, {}
+  alpha, penalty, grid_metrics = options.guidance, options.length_penalty, {}
+  grid = [(a, lp) for a in (alpha_grid or (alpha,)) for lp in (length_penalty_grid or (penalty,))]
   for job, ((input_path, output_path), rows) in enumerate(zip(jobs, inputs)):
     ids = generator.prompt_ids(rows, input_path, titles)
     guidance = generator.row_guidance(rows, input_path, data_dir=data_dir,
                                       assistant_scores=cf_scores[job])
 
-    def generate(a):
-      results = generator.generate_ids(ids, guidance=guidance, alpha=a)
+    def generate(a, lp):
+      results = generator.generate_ids(ids, guidance=guidance, alpha=a, length_penalty=lp)
       out = []
       for row, prompt, res in zip(rows, ids, results):
         predict, scores = generator.decode(prompt, *res)
@@ -557,29 +567,34 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
       return out
 
     started = time.time()
-    if job == 0 and alpha_grid:
-      by_alpha = {}
-      for a in alpha_grid:
-        by_alpha[a] = generate(a)
-        grid_metrics[a] = float(alpha_metric(by_alpha[a]))
-        log.info("alpha %g: %s %.4f", a, input_path, grid_metrics[a])
-      alpha = max(alpha_grid, key=lambda a: (grid_metrics[a], a))
-      out = by_alpha[alpha]
+    if job == 0 and len(grid) > 1:
+      by_point = {}
+      for point in grid:
+        by_point[point] = generate(*point)
+        grid_metrics[point] = float(grid_metric(by_point[point]))
+        log.info("alpha %g, length_penalty %g: %s %.4f", *point, input_path, grid_metrics[point])
+      alpha, penalty = max(grid, key=lambda p: (grid_metrics[p], *p))
+      out = by_point[(alpha, penalty)]
     else:
-      out = generate(alpha)
+      out = generate(alpha, penalty)
     seconds = time.time() - started
     if parallel.is_main_process():
       files.write_json(output_path, out)
     summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
                "compiled_programs": beam_search.TRACE_COUNTS["search"],
-               "prompt_format": options.prompt_format.record()}
+               "prompt_format": options.prompt_format.record(), "length_penalty": penalty}
+    if length_penalty_grid and grid_metrics:  # each penalty's best over the alphas
+      summary["length_penalty_grid"] = {
+          f"{lp:g}": max(m for (_, q), m in grid_metrics.items() if q == lp)
+          for lp in length_penalty_grid}
     if options.catalog_aware:
       summary["decoding"] = {"renormalize": options.renormalize,
                              "exclude_history": options.exclude_history,
                              "assistant": options.assistant, "guidance": alpha,
                              "assistant_temperature": options.assistant_temperature}
-      if grid_metrics:
-        summary["decoding"]["alpha_grid"] = {f"{a:g}": m for a, m in grid_metrics.items()}
+      if alpha_grid and grid_metrics:  # each alpha's best over the penalties
+        summary["decoding"]["alpha_grid"] = {
+            f"{a:g}": max(m for (q, _), m in grid_metrics.items() if q == a) for a in alpha_grid}
     if catalog is not None:
       summary["best_is_catalog_title"] = sum(
           options.prompt_format.parse(r["predict"][0]) in catalog for r in out) / len(out)
