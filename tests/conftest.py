@@ -93,6 +93,13 @@ def _tier(item) -> str:
 
 
 def pytest_configure(config):
+  # The fast tier's programs are tiny, so compiling them is most of its time, and XLA:CPU's LLVM
+  # optimisation most of that: without it tests/model/test_ops.py + test_layers.py took 67 s
+  # against 118 s. Only for `-m unit` (set before the backend starts): the real SmolLM2's tests
+  # run ~10% slower without it, so the full suite keeps XLA's default.
+  flags = os.environ.get("XLA_FLAGS", "")
+  if config.option.markexpr.strip() == "unit" and "optimization_level" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
   for name, what in (("unit", "fast in-memory tests (toy inputs, tiny random models)"),
                      ("integration", "other processes, torch, the embedded data files"),
                      ("e2e", "the real SmolLM2 or a whole pipeline/launcher run")):
