@@ -101,12 +101,19 @@ def test_prepare_data_out_dir_below_a_file(a_file):
   _refused(r, "--out_dir=", "is a regular file")
 
 
-def test_output_in_an_unwritable_directory():
-  # /sys refuses new files even to root (os.access would say yes to root): the check writes.
-  if not os.path.isdir("/sys") or os.access("/sys", os.W_OK) and _try_write("/sys"):
-    pytest.skip("no unwritable directory on this machine")
-  r = _run("launch/prepare_data.py", "--out_dir=/sys/bigrec_data")
-  _refused(r, "--out_dir=/sys/bigrec_data", "cannot write in /sys")
+def test_output_in_an_unwritable_directory(tmp_path):
+  # A user's read-only directory; root ignores permission bits, so as root: /sys, which refuses
+  # new files even to root (os.access would say yes to root: the check writes).
+  if os.geteuid() != 0:
+    unwritable = tmp_path / "read_only"
+    unwritable.mkdir()
+    unwritable.chmod(0o500)
+  elif os.path.isdir("/sys") and not _try_write("/sys"):
+    unwritable = "/sys"
+  else:  # root on a machine without a /sys that refuses writes (not Linux)
+    pytest.skip("running as root with no directory that refuses root's writes")
+  r = _run("launch/prepare_data.py", f"--out_dir={unwritable}/bigrec_data")
+  _refused(r, f"--out_dir={unwritable}/bigrec_data", f"cannot write in {unwritable}")
 
 
 def _try_write(directory):
