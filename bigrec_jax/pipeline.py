@@ -512,7 +512,8 @@ def write_report(config, paths: Paths) -> str:
     m = _maybe_json(paths.marker(stage))
     if m:
       lines.append(f"| {stage} | {m['seconds']:.1f} |")
-      mallocs += [m["malloc"]] if m.get("malloc") not in mallocs + [None] else []
+      if m.get("malloc") and m["malloc"] not in mallocs:
+        mallocs.append(m["malloc"])
   if mallocs:
     lines += ["", f"malloc: {'; '.join(mallocs)}"]
   if config.pipeline.compare:

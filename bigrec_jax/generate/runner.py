@@ -496,6 +496,13 @@ def run(input_path: str, output_path: str, options: GenerateOptions, **kw) -> di
   return run_files([(input_path, output_path)], options, **kw)[0]
 
 
+def _best_along(grid_metrics: dict[tuple[float, float], float], axis: int,
+                values: Sequence[float]) -> dict[str, float]:
+  """{value: the best metric over the other grid axis} for one axis of (alpha, penalty) points."""
+  return {f"{v:g}": max(m for point, m in grid_metrics.items() if point[axis] == v)
+          for v in values}
+
+
 def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
               model_path: str | None = None, adapter: str | None = None, items: str | None = None,
               dtype: str = "float32", mesh_shape: Sequence[int] = (-1, 1, 1),
@@ -583,18 +590,15 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
     summary = {"rows": len(out), "seconds": round(seconds, 3), "output": output_path,
                "compiled_programs": beam_search.TRACE_COUNTS["search"],
                "prompt_format": options.prompt_format.record(), "length_penalty": penalty}
-    if length_penalty_grid and grid_metrics:  # each penalty's best over the alphas
-      summary["length_penalty_grid"] = {
-          f"{lp:g}": max(m for (_, q), m in grid_metrics.items() if q == lp)
-          for lp in length_penalty_grid}
+    if length_penalty_grid and grid_metrics:
+      summary["length_penalty_grid"] = _best_along(grid_metrics, 1, length_penalty_grid)
     if options.catalog_aware:
       summary["decoding"] = {"renormalize": options.renormalize,
                              "exclude_history": options.exclude_history,
                              "assistant": options.assistant, "guidance": alpha,
                              "assistant_temperature": options.assistant_temperature}
-      if alpha_grid and grid_metrics:  # each alpha's best over the penalties
-        summary["decoding"]["alpha_grid"] = {
-            f"{a:g}": max(m for (q, _), m in grid_metrics.items() if q == a) for a in alpha_grid}
+      if alpha_grid and grid_metrics:
+        summary["decoding"]["alpha_grid"] = _best_along(grid_metrics, 0, alpha_grid)
     if catalog is not None:
       summary["best_is_catalog_title"] = sum(
           options.prompt_format.parse(r["predict"][0]) in catalog for r in out) / len(out)
