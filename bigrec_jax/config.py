@@ -175,7 +175,39 @@ def _check_pipeline(config) -> None:
   unknown_models = set(config.baselines.models) - {"sasrec", "gru4rec", "caser", "mostpop", "dros"}
   if unknown_models:
     raise UserError(f"--config.baselines.models: unknown {sorted(unknown_models)}")
-  pipeline._check_decoding(config)  # pylint: disable=protected-access
+  _check_decoding(config)
+
+
+def _check_decoding(config) -> None:
+  from bigrec_jax.generate import runner
+
+  g = config.generate
+  runner.check_catalog_options(options(runner.GenerateOptions, g))
+  if g.assistant not in ("none", "mostpop") and g.assistant not in config.baselines.models:
+    raise UserError(f"--config.generate.assistant={g.assistant} is not trained: add it to "
+                    "--config.baselines.models")
+  for a in g.guidance_grid:
+    if not 0 <= a <= 1:
+      raise UserError(f"--config.generate.guidance_grid: alpha {a} is not in [0, 1]")
+  if g.guidance_grid and g.assistant == "none":
+    raise UserError("--config.generate.guidance_grid needs --config.generate.assistant")
+  if g.length_penalty_grid and not g.constrained:
+    raise UserError("--config.generate.length_penalty_grid: the grid is chosen on grounded "
+                    "catalog titles; it needs --config.generate.constrained=true")
+  if searched(g):
+    method, _, metric = g.guidance_metric.partition("/")
+    cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
+    methods = ["bigrec", "bigrec+pop"] + [f"{p}{m}" for m in cf
+                                          for p in ("bigrec+cf:", "bigrec+pop+cf:")]
+    metrics = [f"{n}@{k}" for k in config.ground.ks for n in ("NDCG", "HR")]
+    if method not in methods or metric not in metrics:
+      raise UserError(f"--config.generate.guidance_metric={g.guidance_metric!r}: expected "
+                      f"method/metric with a method of {methods} and a metric of {metrics}")
+
+
+def searched(g) -> bool:
+  """Does generation choose alpha and/or length_penalty on the valid rows?"""
+  return bool(g.guidance_grid) or bool(g.length_penalty_grid)
 
 
 def _check_train(config) -> None:

@@ -67,42 +67,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check(config)
 
 
-def _check_decoding(config) -> None:
-  from bigrec_jax.generate import runner
-
-  g = config.generate
-  runner.check_catalog_options(config_lib.options(runner.GenerateOptions, g))
-  if g.assistant not in ("none", "mostpop") and g.assistant not in config.baselines.models:
-    raise UserError(f"--config.generate.assistant={g.assistant} is not trained: add it to "
-                    "--config.baselines.models")
-  for a in g.guidance_grid:
-    if not 0 <= a <= 1:
-      raise UserError(f"--config.generate.guidance_grid: alpha {a} is not in [0, 1]")
-  if g.guidance_grid and g.assistant == "none":
-    raise UserError("--config.generate.guidance_grid needs --config.generate.assistant")
-  if g.length_penalty_grid and not g.constrained:
-    raise UserError("--config.generate.length_penalty_grid: the grid is chosen on grounded "
-                    "catalog titles; it needs --config.generate.constrained=true")
-  if _searched(g):
-    method, _, metric = g.guidance_metric.partition("/")
-    cf = [m for m in config.ground.cf_sources if m in config.baselines.models]
-    methods = ["bigrec", "bigrec+pop"] + [f"{p}{m}" for m in cf
-                                          for p in ("bigrec+cf:", "bigrec+pop+cf:")]
-    metrics = [f"{n}@{k}" for k in config.ground.ks for n in ("NDCG", "HR")]
-    if method not in methods or metric not in metrics:
-      raise UserError(f"--config.generate.guidance_metric={g.guidance_metric!r}: expected "
-                      f"method/metric with a method of {methods} and a metric of {metrics}")
-
-
-def _searched(g) -> bool:
-  """Does generation choose alpha and/or length_penalty on the valid rows?"""
-  return bool(g.guidance_grid) or bool(g.length_penalty_grid)
-
-
 def stage_order(config) -> tuple[str, ...]:
   """STAGES, with baselines before generate when the search is guided by one of them."""
   g = config.generate
-  cf_metric = _searched(g) and "+cf:" in g.guidance_metric  # chosen with CF grounding
+  cf_metric = config_lib.searched(g) and "+cf:" in g.guidance_metric  # chosen with CF grounding
   if g.assistant in ("none", "mostpop") and not cf_metric:
     return STAGES
   return ("prepare", "train", "baselines", "generate", "evaluate", "report")
@@ -167,7 +135,7 @@ def generate_stage(config, paths: Paths) -> dict:
     guided["assistant_scores"] = [
         os.path.join(paths.baseline_dir(options.assistant), f"scores_{split}_5000.npy")
         for split in splits]
-  if _searched(g):
+  if config_lib.searched(g):
     guided.update(alpha_grid=tuple(g.guidance_grid),
                   length_penalty_grid=tuple(g.length_penalty_grid),
                   grid_metric=_grid_metric(config, paths))
@@ -178,7 +146,7 @@ def generate_stage(config, paths: Paths) -> dict:
       dtype=config.model.dtype, mesh_shape=tuple(config.mesh.shape),
       matmul_dtype=config.model.matmul_dtype, kernels=config.model.kernels,
       tokenizer=config.model.tokenizer or None, **guided)
-  if _searched(g):
+  if config_lib.searched(g):
     for summary in summaries:
       summary["grid_metric"] = g.guidance_metric
       if "decoding" in summary:
@@ -284,7 +252,7 @@ def _stage_config(config, name: str) -> dict[str, Any]:
 
   whole = config.to_dict()
   # An alpha grid is chosen on grounded valid rows: generation then reads the grounding fields.
-  extra = ("ground",) if name == "generate" and _searched(config.generate) else ()
+  extra = ("ground",) if name == "generate" and config_lib.searched(config.generate) else ()
   for field in _READS[name] + extra:
     node = whole
     for part in field.split("."):
