@@ -183,12 +183,11 @@ def _check_decoding(config) -> None:
 
   g = config.generate
   runner.check_catalog_options(options(runner.GenerateOptions, g))
-  if g.assistant not in ("none", "mostpop") and g.assistant not in config.baselines.models:
+  if g.assistant in runner.CF_ASSISTANTS and g.assistant not in config.baselines.models:
     raise UserError(f"--config.generate.assistant={g.assistant} is not trained: add it to "
                     "--config.baselines.models")
   for a in g.guidance_grid:
-    if not 0 <= a <= 1:
-      raise UserError(f"--config.generate.guidance_grid: alpha {a} is not in [0, 1]")
+    runner.check_alpha(g.assistant, a, "--config.generate.guidance_grid")
   if g.guidance_grid and g.assistant == "none":
     raise UserError("--config.generate.guidance_grid needs --config.generate.assistant")
   if g.length_penalty_grid and not g.constrained:

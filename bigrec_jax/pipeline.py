@@ -69,9 +69,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def stage_order(config) -> tuple[str, ...]:
   """STAGES, with baselines before generate when the search is guided by one of them."""
+  from bigrec_jax.generate import runner
+
   g = config.generate
   cf_metric = config_lib.searched(g) and "+cf:" in g.guidance_metric  # chosen with CF grounding
-  if g.assistant in ("none", "mostpop") and not cf_metric:
+  if g.assistant not in runner.CF_ASSISTANTS and not cf_metric:
     return STAGES
   return ("prepare", "train", "baselines", "generate", "evaluate", "report")
 
@@ -131,7 +133,7 @@ def generate_stage(config, paths: Paths) -> dict:
                                prompt_format=prompts.format_of(config.data))
   splits = ("valid", "test")
   guided = dict(assistant_scores=None, alpha_grid=(), length_penalty_grid=(), grid_metric=None)
-  if options.assistant not in ("none", "mostpop"):
+  if options.assistant in runner.CF_ASSISTANTS:
     guided["assistant_scores"] = [
         os.path.join(paths.baseline_dir(options.assistant), f"scores_{split}_5000.npy")
         for split in splits]

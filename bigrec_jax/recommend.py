@@ -34,8 +34,8 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
               assistant: str = "none", guidance: float = 1.0,
               prompt_template: str = "alpaca") -> Recommendation:
   """search_exclusion (none | shown | all_past: both mean the liked titles here) removes the
-  liked items from the constrained search's trie; assistant: none | mostpop (a CF assistant
-  needs a score row the baselines export for prepared rows only)."""
+  liked items from the constrained search's trie; assistant: none | mostpop | llm_prior (a CF
+  assistant needs a score row the baselines export for prepared rows only)."""
   liked = [prompts.unquote(t) for t in liked if prompts.unquote(t)]
   if not liked:
     raise UserError("--liked: give at least one item title")
@@ -49,9 +49,9 @@ def recommend(liked: Sequence[str], data_dir: str, adapter: str | None, *,
     raise UserError(f"--k={k}: must be between 1 and the catalog size {len(titles)}")
   history_ids, unknown = liked_item_ids(liked, titles)
   row = prompts.make_fields(data.domain, liked[-10:], "")
-  if assistant not in ("none", "mostpop"):
+  if assistant in runner.CF_ASSISTANTS:
     raise UserError(f"--assistant={assistant}: recommending for typed-in titles can be guided by "
-                    "mostpop only (a CF model's scores exist for prepared rows: use "
+                    "mostpop or llm_prior only (a CF model's scores exist for prepared rows: use "
                     "launch/generate.py --assistant_scores)")
   row["history_item_ids"] = history_ids  # every id of a liked title, for the search's exclusion
 

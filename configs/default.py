@@ -117,8 +117,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Off by default: the reference search.
   c.generate.renormalize = False  # log-probs renormalised over the allowed trie children
   c.generate.exclude_history = "none"  # none | shown | all_past: the user's own items leave the trie
-  c.generate.assistant = "none"  # none | mostpop | sasrec | gru4rec | caser | dros (runs baselines first)
-  c.generate.guidance = 1.0  # alpha: alpha * log p_LLM + (1 - alpha) * log q (1 = LLM alone)
+  # none | mostpop | llm_prior (the model's own titles for an empty history: no statistics) |
+  # sasrec | gru4rec | caser | dros (these run the baselines first)
+  c.generate.assistant = "none"
+  # alpha: alpha * log p_LLM + (1 - alpha) * log q (1 = LLM alone); with llm_prior, alpha > 1
+  # is contrastive decoding: log p + (alpha - 1) * log(p / q) favours what this history adds.
+  c.generate.guidance = 1.0
   c.generate.assistant_temperature = 1.0  # CF assistants: softmax(scores / temperature)
   # With an assistant: alphas tried on the valid rows; the one whose grounded valid
   # `guidance_metric` is best (gammas tuned on the same rows, as for the test split) is used for

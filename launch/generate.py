@@ -5,7 +5,7 @@ r"""BIGRec generation: beam search over prompts built from rows (reference infer
       [--model=path/to/model.gguf|hf_dir] [--num_beams=4] [--max_new_tokens=128] \
       [--constrained --items=/tmp/ml100k/items.tsv] [--stop_at_closing_quote] \
       [--renormalize] [--exclude_history=shown|all_past] \
-      [--assistant=mostpop|sasrec|gru4rec|caser|dros --guidance=0.5 --assistant_scores=scores.npy]
+      [--assistant=mostpop|llm_prior|sasrec|gru4rec|caser|dros --guidance=0.5 --assistant_scores=scores.npy]
 
 The model, mesh, prompt and search flags are fields of the config (--config=FILE, default
 configs/default.py; --config.generate.<field>=... sets them as well), as the pipeline's generate
@@ -79,10 +79,11 @@ cli.define_flags_from({
                                 "= history_item_ids, all_past = every item of the user's "
                                 "earlier examples in --items' prepared splits.",
     "generate.assistant": "Guide the beams with an assistant's item probabilities (mostpop: "
-                          "popularity.json next to --items; CF models: --assistant_scores).",
+                          "popularity.json next to --items; llm_prior: the model's own titles "
+                          "after a history-free prompt; CF models: --assistant_scores).",
     "generate.guidance": "alpha: step score alpha * log p_LLM + (1 - alpha) * log q_assistant "
-                         "(1 = LLM alone, 0 = assistant).",
-    "generate.assistant_temperature": "CF assistants: softmax of scores / this.",
+                         "(1 = LLM alone, 0 = assistant; > 1 with llm_prior: contrastive).",
+    "generate.assistant_temperature": "CF assistants and llm_prior: softmax of scores / this.",
 }, choices={"generate.exclude_history": EXCLUDE_MODES, "generate.assistant": ASSISTANTS,
             "data.prompt_template": prompts.TEMPLATES})
 _INIT_DISTRIBUTED = cli.define_multihost_flags()

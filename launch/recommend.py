@@ -39,10 +39,11 @@ cli.define_flags_from({
     "generate.renormalize": "Renormalise each constrained step over the allowed trie children.",
     "generate.exclude_history": "Leave the liked titles out of the search's trie (shown = "
                                 "all_past here).",
-    "generate.assistant": "Guide the beams with popularity shares (popularity.json of "
-                          "--data_dir).",
-    "generate.guidance": "alpha: 1 = the LLM alone, 0 = the assistant.",
-}, choices={"data.prompt_template": prompts.TEMPLATES, "generate.assistant": ["none", "mostpop"]})
+    "generate.assistant": "Guide the beams with popularity shares (mostpop: popularity.json of "
+                          "--data_dir) or the model's history-free prior (llm_prior).",
+    "generate.guidance": "alpha: 1 = the LLM alone, 0 = the assistant, > 1 (llm_prior) "
+                         "contrastive.",
+}, choices={"data.prompt_template": prompts.TEMPLATES, "generate.assistant": ["none", "mostpop", "llm_prior"]})
 
 
 def main(argv):

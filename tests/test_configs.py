@@ -60,6 +60,22 @@ def test_dros_is_an_assistant_once_it_is_trained():
   pipeline.check_config(c)
 
 
+def test_only_the_model_prior_takes_a_contrastive_alpha_above_one():
+  """llm_prior needs no baseline first and takes alpha in [0, 10]; other assistants [0, 1]."""
+  c = importlib.import_module("configs.demo").get_config()
+  c.generate.assistant = "llm_prior"
+  c.generate.guidance_grid = (1.0, 2.0, 4.0)
+  pipeline.check_config(c)
+  assert pipeline.stage_order(c) == pipeline.STAGES  # no baseline runs before generation
+  c.generate.guidance_grid = (1.0, 12.0)
+  with pytest.raises(UserError, match=r"guidance_grid: alpha 12 is not in \[0, 10\]"):
+    pipeline.check_config(c)
+  c.generate.guidance_grid = (0.5, 2.0)
+  c.generate.assistant = "mostpop"
+  with pytest.raises(UserError, match=r"alpha 2 is not in \[0, 1\] for assistant=mostpop"):
+    pipeline.check_config(c)
+
+
 def test_a_misspelt_field_in_a_python_built_config_is_an_error_naming_it():
   """The tree is locked: a field configs/default.py does not define cannot be created."""
   c = importlib.import_module("configs.demo").get_config()

@@ -148,6 +148,11 @@ class PromptFormat:
     return self.prompt({"instruction": instruction_for(self.domain),
                         "input": input_for(self.domain, ["Title"])})
 
+  def history_free_prompt(self) -> str:
+    """The prompt of a user with no history (the model's catalog prior, generate/prior.py)."""
+    return self.prompt({"instruction": instruction_for(self.domain),
+                        "input": input_for(self.domain, [])})
+
   def response_of(self, text: str) -> str:
     """The part of a prompt + answer text after the last response marker (the prediction)."""
     i = text.rfind(self.response_marker)

@@ -8,10 +8,12 @@ Three options of a constrained search, each off by default:
   allowed while at least one non-excluded item lies below it (so a title shared by several ids
   goes only when all of them do);
 - guidance: per row, an assistant distribution p over items (a CF model's softmax, popularity
-  shares) gives every child the mass of the items below it; with q = mass(child) / mass of the
+  shares, the model's own history-free prior: generate/prior.py) gives every child the mass of
+  the items below it; with q = mass(child) / mass of the
   allowed children, a child scores `alpha * (log p_LLM - log q) + log q`, computed as
   `alpha * log p_LLM + (1 - alpha) * log q` with a term dropped when its weight is 0 (so alpha = 1
-  is the LLM alone and alpha = 0 the assistant alone, exactly, with no 0 * -inf).
+  is the LLM alone and alpha = 0 the assistant alone, exactly, with no 0 * -inf; alpha > 1 with
+  the model's own prior is contrastive decoding).
 
 How it stays cheap and jittable: the catalog is sorted by token sequence once (trie.node_ranges),
 so the items below any node are positions [lo, hi) of that order. Each row carries prefix sums
@@ -116,10 +118,14 @@ def _log_share(mass: Array) -> Array:
 
 
 def _guided(logp: Array, log_q: Array, alpha: Array) -> Array:
-  """alpha * log p + (1 - alpha) * log q, a term left out when its weight is 0."""
+  """alpha * log p + (1 - alpha) * log q, a term left out when its weight is 0.
+
+  alpha > 1 (contrastive, the llm_prior assistant) subtracts log q: a massless slot stays out
+  (-inf) instead of gaining (1 - alpha) * -inf = +inf.
+  """
   llm = jnp.where(alpha > 0, alpha * logp, 0.0)
-  assistant = jnp.where(alpha < 1, (1 - alpha) * log_q, 0.0)
-  return llm + assistant
+  assistant = jnp.where(log_q > -jnp.inf, (1 - alpha) * log_q, -jnp.inf)
+  return llm + jnp.where(alpha == 1, 0.0, assistant)
 
 
 # ----------------------------------------------------------------------------- host side

@@ -12,8 +12,8 @@ title and its text is cut right after that quote (a final token like `",` leaves
 Catalog-aware decoding (generate/guide.py; constrained only, each off by default): `renormalize`,
 `exclude_history` (shown: the row's `history_item_ids`; all_past: every item of the user's
 prepared examples before the row's target time) and `assistant` (per-row item probabilities:
-popularity shares, or the softmax of a baseline's exported score row / temperature) mixed in with
-weight 1 - `guidance`.
+popularity shares, the softmax of a baseline's exported score row / temperature, or the model's
+own title distribution after a history-free prompt) mixed in with weight 1 - `guidance`.
 
 Prompts are bucketed by token length (multiples of `bucket_multiple`) so jit compiles one program
 per bucket; every batch is padded to `batch_size` rows (filler rows are dropped). The batch is
@@ -34,12 +34,17 @@ from bigrec_jax import files, parallel
 from bigrec_jax.data import prompts as prompts_lib
 from bigrec_jax.data import tokenize as tokenize_lib
 from bigrec_jax.files import UserError
-from bigrec_jax.generate import beam_search, decoder, guide as guide_lib, trie as trie_lib
+from bigrec_jax.generate import beam_search, decoder, guide as guide_lib, prior as prior_lib
+from bigrec_jax.generate import trie as trie_lib
 
 log = logging.getLogger(__name__)
 
 EXCLUDE_MODES = ("none", "shown", "all_past")
-ASSISTANTS = ("none", "mostpop", "sasrec", "gru4rec", "caser", "dros")
+MAX_CONTRASTIVE_ALPHA = 10.0
+# Assistants that read a baseline's exported score matrix (trained by the baselines stage).
+CF_ASSISTANTS = ("sasrec", "gru4rec", "caser", "dros")
+# llm_prior: the model's own titles without a history (generate/prior.py; contrastive, alpha > 1).
+ASSISTANTS = ("none", "mostpop", "llm_prior") + CF_ASSISTANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +67,8 @@ class GenerateOptions:
   # Catalog-aware decoding (generate/guide.py), constrained only; the defaults are the reference.
   renormalize: bool = False  # log-probs renormalised over the allowed trie children
   exclude_history: str = "none"  # none | shown | all_past: items the row's user already had
-  assistant: str = "none"  # none | mostpop | sasrec | gru4rec | caser | dros
-  guidance: float = 1.0  # alpha: 1 = the LLM alone, 0 = the assistant alone
+  assistant: str = "none"  # none | mostpop | llm_prior | sasrec | gru4rec | caser | dros
+  guidance: float = 1.0  # alpha: 1 = the LLM alone, 0 = the assistant alone, > 1 (llm_prior) contrastive
   assistant_temperature: float = 1.0  # CF assistants: softmax(scores / temperature)
 
   @property
@@ -107,8 +112,10 @@ class Generator:
       raise UserError(f"max_new_tokens {options.max_new_tokens} leaves no room for a prompt in "
                       f"the model's context of {self.config.max_position_embeddings} tokens")
     check_catalog_options(options)
-    self.trie = self.ranges = self.catalog_order = None
-    self.num_items = len(titles) if titles else 0
+    self.trie = self.ranges = self.catalog_order = self._prior = None
+    self.titles = list(titles) if titles else []
+    self.num_items = len(self.titles)
+    self.eos_token_id = int(eos)
     if options.constrained:
       if not titles:
         raise UserError("constrained decoding needs the catalog: pass --items (items.tsv)")
@@ -194,6 +201,8 @@ class Generator:
 
       counts = prepared.read_popularity(data_dir, self.num_items)
       probs = guide_lib.popularity_probabilities(counts, len(rows))
+    elif o.assistant == "llm_prior":
+      probs = np.broadcast_to(self.catalog_prior(), (len(rows), self.num_items))
     elif o.assistant != "none":
       if assistant_scores is None:
         raise UserError(f"--assistant={o.assistant} needs its exported score matrix "
@@ -202,6 +211,21 @@ class Generator:
     guidance = RowGuidance(excluded, probs)
     self._check_something_left(guidance, source)
     return guidance
+
+  def catalog_prior(self) -> np.ndarray:
+    """[num_items] the model's distribution over catalog titles after a prompt with no history
+    (generate/prior.py; softmax / assistant_temperature), computed once per Generator."""
+    if self._prior is None:
+      o = self.options
+      prompt = self.tokenizer(o.prompt_format.history_free_prompt())["input_ids"]
+      sequences = trie_lib.title_sequences_by_item(
+          self.tokenizer, self.titles, o.prompt_format.trie_context(), self.eos_token_id)
+      if o.stop_at_closing_quote:  # the search ends a title at its closing quote, before EOS
+        sequences = [None if s is None else s[:-1] for s in sequences]
+      loglik = prior_lib.title_log_likelihoods(self.config, self.params, prompt, sequences,
+                                               sharding=parallel.replicated(self.mesh))
+      self._prior = prior_lib.catalog_prior(loglik, o.assistant_temperature)
+    return self._prior
 
   def _check_something_left(self, guidance: RowGuidance, source: str) -> None:
     """A row whose every catalog item is excluded would return no beam at all: say so."""
@@ -322,13 +346,21 @@ def check_catalog_options(o: GenerateOptions) -> None:
     raise UserError(f"{g}exclude_history={o.exclude_history!r}: choose from {EXCLUDE_MODES}")
   if o.assistant not in ASSISTANTS:
     raise UserError(f"{g}assistant={o.assistant!r}: choose from {ASSISTANTS}")
-  if not 0.0 <= o.guidance <= 1.0:
-    raise UserError(f"{g}guidance={o.guidance}: alpha must be in [0, 1] (1 = the LLM alone)")
+  check_alpha(o.assistant, o.guidance, f"{g}guidance")
   if not o.assistant_temperature > 0:
     raise UserError(f"{g}assistant_temperature={o.assistant_temperature}: must be positive")
   if o.catalog_aware and not o.constrained:
     raise UserError("renormalize, exclude_history and assistant act on the catalog trie: "
                     f"they need constrained decoding ({g}constrained)")
+
+
+def check_alpha(assistant: str, alpha: float, name: str) -> None:
+  """alpha in [0, 1]; the model's own prior also takes alpha > 1 (contrastive decoding)."""
+  top = MAX_CONTRASTIVE_ALPHA if assistant == "llm_prior" else 1.0
+  if not 0.0 <= alpha <= top:
+    raise UserError(f"{name}: alpha {alpha:g} is not in [0, {top:g}] for assistant={assistant} "
+                    "(1 = the LLM alone, 0 = the assistant alone"
+                    + (", > 1 subtracts the model's history-free prior)" if top > 1 else ")"))
 
 
 def history_exclusions(rows: Sequence[dict], mode: str, data_dir: str | None,
@@ -540,7 +572,7 @@ def run_files(jobs: Sequence[tuple[str, str]], options: GenerateOptions, *,
         raise UserError(f"{input_path}: row {i}: {problem}")
     inputs.append(rows)
   cf_scores: list[np.ndarray | None] = [None] * len(jobs)
-  if options.assistant not in ("none", "mostpop"):
+  if options.assistant in CF_ASSISTANTS:
     from bigrec_jax.evaluate.inputs import read_score_matrix
 
     if not assistant_scores or len(assistant_scores) != len(jobs):

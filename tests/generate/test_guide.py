@@ -171,10 +171,10 @@ def test_alpha_zero_scores_are_the_assistant_log_probs(params):
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
-def test_guided_scores_mix_llm_and_assistant_log_probs(params, renormalize):
+@pytest.mark.parametrize("alpha", [0.25, 2.0])  # 2: contrastive (the llm_prior assistant)
+def test_guided_scores_mix_llm_and_assistant_log_probs(params, renormalize, alpha):
   tables, ranges, order = _catalog()
   probs = np.random.default_rng(3).dirichlet(np.ones(len(ITEMS)), size=len(PROMPTS))
-  alpha = 0.25
   out = _search(params, tables, renormalize=renormalize,
                 guide=_guide(ranges, order, probs=probs, alpha=alpha))
   llm = _restricted_logprob if renormalize else _raw_logprob
@@ -184,6 +184,19 @@ def test_guided_scores_mix_llm_and_assistant_log_probs(params, renormalize):
     p_title = {t: sum(p for s, p in zip(ITEMS, probs[row]) if tuple(s) == t) for t in TITLES}
     want = [alpha * llm(params, row, t) + (1 - alpha) * np.log(p_title[t]) for t in got]
     np.testing.assert_allclose(np.asarray(out.scores[row]), want, atol=2e-5)
+
+
+def test_contrastive_alpha_keeps_massless_titles_out(params):
+  """alpha > 1 subtracts log q: a title of zero assistant mass must not gain (1 - alpha) * -inf."""
+  tables, ranges, order = _catalog()
+  probs = np.random.default_rng(5).dirichlet(np.ones(len(ITEMS)), size=len(PROMPTS))
+  probs[:, 2] = 0.0  # item 2's title (3, 7, EOS) has no other item
+  out = _search(params, tables, renormalize=True, guide=_guide(ranges, order, probs=probs,
+                                                               alpha=3.0))
+  for row in range(len(PROMPTS)):
+    got = _returned(out, row)
+    assert tuple(ITEMS[2]) not in got and len(got) == len(TITLES) - 1
+    assert np.all(np.isfinite(np.asarray(out.scores[row])[:len(got)]))
 
 
 def test_exclusion_never_returns_an_excluded_title(params):

@@ -88,6 +88,7 @@ def test_levers_need_constrained_decoding_and_valid_values(smollm2):
                       (dict(exclude_history="all"), "exclude_history"),
                       (dict(assistant="bert4rec"), "assistant"),
                       (dict(assistant="mostpop", guidance=1.5), "guidance"),
+                      (dict(assistant="llm_prior", guidance=11.0), "guidance"),
                       (dict(assistant="sasrec", assistant_temperature=0.0), "temperature")):
     with pytest.raises(UserError, match=message):
       Generator(smollm2, _options(**kw), titles=["Toy Story (1995)"])
