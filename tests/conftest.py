@@ -44,6 +44,65 @@ def bigrec_prompts():
   return [prompts.prompt_for(prompts.make_fields("movie", h, "")) for h in histories]
 
 
+class LauncherForks:
+  """Runs `launch/*.py ARGS` in a forked child of one warm worker (tests/launcher_forks.py): the
+  same exit status, stdout and stderr as `python launch/X.py ARGS`, without paying the imports
+  again for every case. `run` returns a subprocess.CompletedProcess."""
+
+  def __init__(self, root: str, env: dict, scratch: str):
+    import subprocess
+    import sys
+
+    self._root, self._scratch, self._count = root, scratch, 0
+    self._proc = subprocess.Popen([sys.executable, os.path.join(root, "tests", "launcher_forks.py")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  cwd=root, env=env)
+    assert self._reply(300) == {"ready": True}
+
+  def _reply(self, timeout: float) -> dict:
+    import json
+    import select
+
+    ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+    if not ready:
+      self._proc.kill()
+      raise TimeoutError(f"launcher_forks: no answer in {timeout} s")
+    line = self._proc.stdout.readline()
+    assert line, f"launcher_forks worker died (exit {self._proc.wait()})"
+    return json.loads(line)
+
+  def run(self, *args: str, cwd: str | None = None, unset: tuple[str, ...] = (),
+          timeout: float = 120):
+    import json
+    import subprocess
+    import sys
+
+    self._count += 1
+    out = os.path.join(self._scratch, f"{self._count}.out")
+    err = os.path.join(self._scratch, f"{self._count}.err")
+    case = {"argv": list(args), "cwd": cwd or self._root, "unset": list(unset), "stdout": out,
+            "stderr": err}
+    self._proc.stdin.write(json.dumps(case) + "\n")
+    self._proc.stdin.flush()
+    code = self._reply(timeout)["returncode"]
+    with open(out) as f_out, open(err) as f_err:
+      return subprocess.CompletedProcess([sys.executable, *args], code, f_out.read(), f_err.read())
+
+  def close(self) -> None:
+    self._proc.stdin.close()
+    self._proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def launcher_forks(tmp_path_factory):
+  """One warm worker for every launcher case that runs in a forked child (LauncherForks)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  forks = LauncherForks(root, env, str(tmp_path_factory.mktemp("launcher_forks")))
+  yield forks
+  forks.close()
+
+
 # ----------------------------------------------------------------------------- test tiers
 # Every test gets one tier marker from what it loads (`bash launch/test.sh -m unit` is the fast
 # tier; CI runs all three):

@@ -1,6 +1,7 @@
 """The pipeline end to end on a tiny slice (real SmolLM2 + ML-100K), resume, recommend, --help."""
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -179,15 +180,20 @@ def test_ablation_table_compares_runs_on_the_same_rows(tiny_run, tmp_path):
 @pytest.mark.parametrize("launcher", sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "launch", "**", "*.py"),
                                                 recursive=True)))
-def test_every_launcher_answers_help(launcher):
-  """--help lists the launcher's own flags under its own name, with its docstring's first line."""
+def test_every_launcher_answers_help(launcher, launcher_forks):
+  """--help lists the launcher's own flags under its own name, with its docstring's first line.
+  pipeline.py runs as a plain subprocess, the others in forked children of one warm worker
+  (tests/launcher_forks.py: the same output without paying the imports for each)."""
   import ast
   import re
 
   source = open(os.path.join(ROOT, launcher)).read()
   defined = re.findall(r"flags\.DEFINE_\w+\(\s*[\"'](\w+)[\"']", source)
   assert defined, f"{launcher} defines no flags"
-  r = _run(launcher, "--help", timeout=120)
+  if launcher == "launch/pipeline.py":
+    r = _run(launcher, "--help", timeout=120)
+  else:
+    r = launcher_forks.run(launcher, "--help")
   assert r.returncode == 0, r.stderr[-2000:]
   out = r.stdout
   assert f"{launcher}:" in out, out[:2000]
@@ -209,9 +215,11 @@ def test_every_launcher_answers_help(launcher):
     (["--force_stage=bake"], "bake"),
     ([], "--workdir"),
 ])
-def test_pipeline_rejects_bad_config_before_work(tmp_path, args, needle):
+def test_pipeline_rejects_bad_config_before_work(tmp_path, args, needle, launcher_forks):
+  """The case without --workdir runs as a plain subprocess, the others in forked children."""
   workdir = [] if not args else [f"--workdir={tmp_path}/w"]
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", *workdir, *args, timeout=120)
+  run = launcher_forks.run if args else functools.partial(_run, timeout=120)
+  r = run("launch/pipeline.py", "--config=configs/tiny.py", *workdir, *args)
   assert r.returncode == 2, (r.stdout, r.stderr)
   assert needle in r.stderr and "Traceback" not in r.stderr
   assert not os.path.exists(f"{tmp_path}/w/stages")

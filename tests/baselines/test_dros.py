@@ -34,6 +34,11 @@ def test_propensity_is_the_reference_formula():
                                 [0, 2, 0, 0, 3, 0])
 
 
+# The term runs jitted, as the trainer runs it (one compiled program per
+# shape instead of every op dispatched and compiled on its own: most of these tests' time).
+_dro_loss = jax.jit(dros.dro_loss)
+
+
 def test_dro_term_matches_numpy_on_a_hand_case():
   s = np.array([[0.5, -1.0, 2.0, 0.0],
                 [1.5, 0.25, -0.5, 3.0],
@@ -41,12 +46,12 @@ def test_dro_term_matches_numpy_on_a_hand_case():
   target = np.array([2, 0, 3], np.int32)
   ps = dros.propensity(np.array([2, 0, 5, 1]))
   for beta in (1.0, 0.5, 3.0):
-    got = np.asarray(dros.dro_loss(jnp.asarray(s), jnp.asarray(target), jnp.asarray(ps), beta))
+    got = np.asarray(_dro_loss(jnp.asarray(s), jnp.asarray(target), jnp.asarray(ps), beta))
     want = reference_dro(s.astype(np.float64), target, ps.astype(np.float64), beta)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   # Row 3 by hand: every s_j = 0, so the sum is N = 4, minus exp(0) for the target, plus
   # exp(ps_t * (0 - 1)^2): the target's correction term is what moves it off log(4).
-  got = float(dros.dro_loss(jnp.asarray(s[2:]), jnp.asarray(target[2:]), jnp.asarray(ps), 1.0)[0])
+  got = float(_dro_loss(jnp.asarray(s[2:]), jnp.asarray(target[2:]), jnp.asarray(ps), 1.0)[0])
   assert got == pytest.approx(np.log(3 + np.exp(ps[3])), rel=1e-6)
   assert got != pytest.approx(np.log(4.0), rel=1e-3)
 
@@ -57,11 +62,11 @@ def test_dro_term_stays_finite_where_the_reference_exp_overflows():
   ps = np.ones(3, np.float32)
   with np.errstate(over="ignore", invalid="ignore"):
     assert not np.isfinite(reference_dro(s, target, ps, 1.0)).any()  # float32 exp(144) = inf
-  got = np.asarray(dros.dro_loss(jnp.asarray(s), jnp.asarray(target), jnp.asarray(ps), 1.0))
+  got = np.asarray(_dro_loss(jnp.asarray(s), jnp.asarray(target), jnp.asarray(ps), 1.0))
   np.testing.assert_allclose(got, reference_dro(s.astype(np.float64), target,
                                                 ps.astype(np.float64), 1.0), rtol=1e-6)
-  grad = jax.grad(lambda x: dros.dro_loss(x, jnp.asarray(target), jnp.asarray(ps), 1.0).sum())(
-      jnp.asarray(s))
+  grad = jax.jit(jax.grad(
+      lambda x: dros.dro_loss(x, jnp.asarray(target), jnp.asarray(ps), 1.0).sum()))(jnp.asarray(s))
   assert np.isfinite(np.asarray(grad)).all()
 
 
@@ -93,7 +98,7 @@ def test_objective_is_backbone_loss_plus_alpha_times_mean_dro():
 
 def test_sampled_negatives_are_uniform_over_the_other_items():
   target = jnp.asarray(np.repeat(np.arange(5, dtype=np.int32), 4000))
-  neg = np.asarray(dros.sampled_negatives(jax.random.key(0), target, 5))
+  neg = np.asarray(jax.jit(dros.sampled_negatives, static_argnums=2)(jax.random.key(0), target, 5))
   assert (neg != np.asarray(target)).all() and neg.min() >= 0 and neg.max() <= 4
   for t in range(5):
     share = np.bincount(neg[np.asarray(target) == t], minlength=5) / 4000

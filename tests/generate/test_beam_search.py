@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from bigrec_jax.generate import beam_search, decoder
 from bigrec_jax.model import LlamaConfig, forward, init_params
@@ -129,6 +128,7 @@ def test_decode_layouts_give_the_same_search(kernels):
 
 def _tiny_hf(tmp_path, seed: int):
   """A tiny transformers Llama whose EOS is likely, saved and loaded as our model."""
+  import torch
   from bigrec_jax.model import load_model
 
   def eos_competes(hf):
@@ -149,6 +149,7 @@ def _tiny_hf(tmp_path, seed: int):
                          [(3, 1.0, False), (4, 0.5, True)])
 def test_beam_search_matches_transformers_on_a_tiny_model(tmp_path, num_beams, length_penalty,
                                                           early_stopping):
+  import torch
   hf, ours = _tiny_hf(tmp_path, seed=num_beams)
   rng = np.random.default_rng(num_beams)
   ids = rng.integers(3, 64, size=(3, 7)).astype(np.int64)

@@ -63,11 +63,16 @@ def _returned(out, row):
                                                        np.asarray(out.lengths[row])) if n > 0]
 
 
+# Jitted (one compile per sequence length, shared by every test): run eagerly, the layer scan
+# compiled again on every call, ~3 s each, most of this file's time.
+_forward = jax.jit(lambda params, ids: forward(CONFIG, params, ids, jnp.ones_like(ids))[0])
+
+
 def _step_logprobs(params, row: int, title) -> np.ndarray:
   """[T, vocab] the model's full log-softmax before each token of `title` (plain forward)."""
   prompt = PROMPTS[row][MASKS[row] == 1]
   ids = np.concatenate([prompt, np.asarray(title[:-1], np.int32)])[None]
-  logits, _ = forward(CONFIG, params, ids, np.ones_like(ids))
+  logits = _forward(params, ids)
   return np.asarray(jax.nn.log_softmax(logits[0, len(prompt) - 1:], axis=-1), np.float64)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-import torch
 
 from bigrec_jax.data import prompts
 from bigrec_jax.data.tokenize import Tokenized, shared_prefix_length
@@ -14,6 +13,7 @@ from bigrec_jax.generate import GenerateOptions, Generator, beam_search
 @contextlib.contextmanager
 def _torch_threads(n: int):
   """One torch thread: on a shared 2-core machine it is ~2x faster than two contending ones."""
+  import torch
   before = torch.get_num_threads()
   torch.set_num_threads(n)
   try:
@@ -23,6 +23,7 @@ def _torch_threads(n: int):
 
 
 def _hf_generate(hf_model, enc, **kw):
+  import torch
   with _torch_threads(1), torch.no_grad():
     return hf_model.generate(input_ids=torch.tensor(enc["input_ids"]),
                              attention_mask=torch.tensor(enc["attention_mask"]), do_sample=False,

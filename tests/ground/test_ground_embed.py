@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from bigrec_jax.ground import embed
 
@@ -12,6 +11,7 @@ TEXTS = ["Toy Story", "Star Wars", "Twelve Monkeys", "Usual Suspects, The",
 
 
 def test_embeddings_match_transformers_last_hidden_state(smollm2, hf_smollm2):
+  import torch
   # batch 4 and buckets from 2: rows are left-padded within a batch, the two batches have
   # different buckets, and the last batch has pad rows
   got = embed.embed_texts(smollm2, TEXTS, batch_size=4, smallest_bucket=2, progress=False)

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from bigrec_jax.data.tokenize import Tokenized, shared_prefix_length
 from bigrec_jax.model import forward, forward_shared_prefix, init_cache, load_model
@@ -15,6 +14,7 @@ from common_fixtures import save_tiny_hf
 
 
 def _hf_outputs(hf_model, ids, mask):
+  import torch
   with torch.no_grad():
     out = hf_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                    output_hidden_states=True)
@@ -78,6 +78,7 @@ TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_lay
 
 @pytest.mark.parametrize("kind", ["llama3", "qwen2"])
 def test_tiny_hf_checkpoints_match_transformers(tmp_path, kind):
+  import torch
   if kind == "llama3":
     hf_cfg = dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=False,
                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

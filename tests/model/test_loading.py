@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from bigrec_jax import assets
 from bigrec_jax.files import UserError
@@ -24,6 +23,7 @@ def _smollm2_dir():
 
 
 def _save_weights_only(path, model_type, **overrides):
+  import torch
   from transformers import AutoConfig, AutoModelForCausalLM
 
   torch.manual_seed(0)
@@ -86,6 +86,7 @@ def test_real_weights_paired_with_a_tokenizer_from_elsewhere(tmp_path, smollm2, 
 
 def test_generate_launcher_takes_tokenizer_flag(tmp_path):
   """launch/generate.py on a folder of weights only: exit 2 naming the file, then --tokenizer."""
+  import torch
   import subprocess
   import sys
 
@@ -149,6 +150,7 @@ def _llama_cpp_rope_factors(cfg):
 def _write_gguf(path, hf, *, stored=None, rope_freqs=None, metadata=()):
   """`hf` as a llama GGUF file. stored(name, w) -> (array, gguf type or None) picks how each
   tensor is written (default float32); the HF model is updated to what the file holds."""
+  import torch
   import gguf
 
   cfg = hf.config
@@ -194,6 +196,7 @@ def _write_gguf(path, hf, *, stored=None, rope_freqs=None, metadata=()):
 
 
 def _tiny_hf(**overrides):
+  import torch
   from transformers import LlamaConfig as HFConfig, LlamaForCausalLM
 
   torch.manual_seed(0)
@@ -201,6 +204,7 @@ def _tiny_hf(**overrides):
 
 
 def _logits_vs_hf(ours, hf, seq=40):
+  import torch
   rng = np.random.default_rng(0)
   ids = rng.integers(3, TINY["vocab_size"], size=(2, seq)).astype(np.int32)
   mask = np.ones_like(ids)
@@ -225,6 +229,7 @@ LLAMA3 = dict(hidden_size=64, rope_theta=10000.0, max_position_embeddings=256, r
 
 def _peaky_attention(hf):
   """Larger q/k weights, so attention (and so RoPE) shapes the random model's logits."""
+  import torch
   with torch.no_grad():
     for layer in hf.model.layers:
       layer.self_attn.q_proj.weight.mul_(12.0)

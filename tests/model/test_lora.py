@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from bigrec_jax.model import LoraConfig, forward, lora as lora_lib
 
@@ -52,6 +51,7 @@ def test_merge_equals_unmerged_and_unmerge_restores(smollm2, batch):
 
 
 def test_peft_export_loads_in_pytorch_with_same_logits(smollm2, hf_smollm2, batch, tmp_path):
+  import torch
   import copy
 
   from peft import PeftModel

@@ -21,8 +21,10 @@ def _inputs(seed=0):
   ids = jnp.asarray(rng.integers(3, 40, size=(2, 11)), jnp.int32)
   mask = jnp.ones((2, 11), jnp.int32).at[1, :4].set(0)  # row 1 left-padded
   params = init_params(TINY, jax.random.key(seed))
-  lora = lora_lib.init_lora(TINY, LC, jax.random.key(seed + 1))
-  lora = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(7), x.shape), lora)
+  lora = jax.jit(lora_lib.init_lora, static_argnums=(0, 1))(TINY, LC, jax.random.key(seed + 1))
+  # jitted: one program for every leaf (eagerly, each op compiles on its own for each shape)
+  lora = jax.jit(lambda t: jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(7), x.shape), t))(lora)
   return params, lora, ids, mask
 
 

@@ -12,13 +12,13 @@ import os
 
 import jax
 import numpy as np
-import torch
 
 from bigrec_jax.model import LoraConfig, forward, lora as lora_lib
 
 
 def test_auto_peft_model_loads_an_exported_adapter_from_a_gguf_base(smollm2, bigrec_prompts,
                                                                      tmp_path):
+  import torch
   from peft import AutoPeftModelForCausalLM
 
   assert smollm2.source.endswith(".gguf")

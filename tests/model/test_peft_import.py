@@ -8,7 +8,6 @@ import json
 import jax
 import numpy as np
 import pytest
-import torch
 
 from bigrec_jax.files import UserError
 from bigrec_jax.model import LlamaConfig, forward, lora as lora_lib
@@ -22,6 +21,7 @@ TINY = dict(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_lay
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   """A random 3-layer transformers Llama and the same weights as our params."""
+  import torch
   from transformers import LlamaConfig as HFConfig, LlamaForCausalLM
 
   torch.manual_seed(0)
@@ -39,6 +39,7 @@ def tiny(tmp_path_factory):
 
 def _peft_adapter(hf, out_dir, **options):
   """peft's own adapter for `hf` with random (non-zero) A and B, saved to out_dir."""
+  import torch
   from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
   torch.manual_seed(1)
@@ -49,6 +50,7 @@ def _peft_adapter(hf, out_dir, **options):
 
 
 def _logits(model, batch):
+  import torch
   with torch.no_grad():
     return model(input_ids=torch.tensor(batch[0]),
                  attention_mask=torch.tensor(batch[1])).logits.numpy()
@@ -152,6 +154,7 @@ def test_configs_we_cannot_honour_are_refused(tiny, tmp_path, edit, field):
 def test_smollm2_adapter_with_alpha_and_rank_patterns_gives_peft_logits(
     smollm2, hf_smollm2, bigrec_prompts, tmp_path):
   """The real model: the case that once loaded silently with logits off by up to 13.6."""
+  import torch
   enc = smollm2.tokenizer(bigrec_prompts[:2], return_tensors="np", padding=True)
   batch = enc["input_ids"][:, -40:], enc["attention_mask"][:, -40:]
   peft_model = _peft_adapter(hf_smollm2, tmp_path, r=8, lora_alpha=16,

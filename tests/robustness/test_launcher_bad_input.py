@@ -1,9 +1,12 @@
 """Bad input through the real launchers: exit status 2, one message naming the flag/file/line,
 no traceback, nothing left behind, and all of it before anything heavy loads.
 
-Each case runs a launcher in a subprocess (about 2-4 s each: the checks come before the model
-or the data are read). The data cases use the real ML-100K prepared directory and small
-hand-made ML-1M-format files; the recommend cases the real ML-100K catalog (22 shared titles).
+One case per launcher runs it as a plain subprocess (`_run`, 1.5 s idle, 2-7 s on a loaded
+2-core runner: the checks come before the model or the data are read); the others run it in a
+forked child of one warm worker (`launch`: tests/launcher_forks.py, the same exit status,
+stdout and stderr, without paying the Python + JAX imports for every case). The data cases use
+the real ML-100K prepared directory and small hand-made ML-1M-format files; the recommend cases
+the real ML-100K catalog (22 shared titles).
 """
 from __future__ import annotations
 
@@ -32,6 +35,12 @@ def _refused(r, *needles):
   for needle in needles:
     assert needle in flat, (needle, err)
   return flat
+
+
+@pytest.fixture
+def launch(launcher_forks):
+  """`python launch/X.py ARGS` as a forked child of the warm worker (tests/conftest.py)."""
+  return launcher_forks.run
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +74,8 @@ def test_generate_output_is_an_existing_directory(ml100k, tmp_path):
   assert _listing(out) == []
 
 
-def test_generate_output_below_a_regular_file(ml100k, a_file):
-  r = _run("launch/generate.py", f"--input={ml100k}/test_5000.json",
+def test_generate_output_below_a_regular_file(ml100k, a_file, launch):
+  r = launch("launch/generate.py", f"--input={ml100k}/test_5000.json",
            f"--output={a_file}/sub/predict.json")
   _refused(r, "--output=", f"{a_file} is a regular file")
   assert open(a_file).read() == "x\n"
@@ -101,7 +110,7 @@ def test_prepare_data_out_dir_below_a_file(a_file):
   _refused(r, "--out_dir=", "is a regular file")
 
 
-def test_output_in_an_unwritable_directory(tmp_path):
+def test_output_in_an_unwritable_directory(tmp_path, launch):
   # A user's read-only directory; root ignores permission bits, so as root: /sys, which refuses
   # new files even to root (os.access would say yes to root: the check writes).
   if os.geteuid() != 0:
@@ -112,7 +121,7 @@ def test_output_in_an_unwritable_directory(tmp_path):
     unwritable = "/sys"
   else:  # root on a machine without a /sys that refuses writes (not Linux)
     pytest.skip("running as root with no directory that refuses root's writes")
-  r = _run("launch/prepare_data.py", f"--out_dir={unwritable}/bigrec_data")
+  r = launch("launch/prepare_data.py", f"--out_dir={unwritable}/bigrec_data")
   _refused(r, f"--out_dir={unwritable}/bigrec_data", f"cannot write in {unwritable}")
 
 
@@ -139,8 +148,8 @@ def test_ablate_out_would_overwrite_itself(tmp_path):
   _refused(r, "--out=", "give a .md name")
 
 
-def test_tilde_after_equals_is_not_a_directory_named_tilde(tmp_path):
-  r = _run(os.path.join(ROOT, "launch/prepare_data.py"), "--out_dir=~/bigrec_data",
+def test_tilde_after_equals_is_not_a_directory_named_tilde(tmp_path, launch):
+  r = launch(os.path.join(ROOT, "launch/prepare_data.py"), "--out_dir=~/bigrec_data",
            cwd=str(tmp_path))
   _refused(r, "--out_dir=~/bigrec_data: '~' is not expanded")
   assert _listing(tmp_path) == []
@@ -152,13 +161,10 @@ def test_tilde_after_equals_is_not_a_directory_named_tilde(tmp_path):
     (["--coordinator_address=h:1", "--num_processes=2", "--process_id=2"],
      "--process_id=2: must be in 0..1"),
 ])
-def test_multihost_flags_that_cannot_start(ml100k, tmp_path, flags, needle):
-  env_free = {k: v for k, v in os.environ.items()
-              if k not in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")}
-  r = subprocess.run([sys.executable, "launch/train.py", "--config=configs/tiny.py",
-                      f"--config.data.dir={ml100k}", f"--workdir={tmp_path}/w", *flags],
-                     cwd=ROOT, capture_output=True, text=True, timeout=120,
-                     env=dict(env_free, JAX_PLATFORMS="cpu"))
+def test_multihost_flags_that_cannot_start(ml100k, tmp_path, flags, needle, launch):
+  r = launch("launch/train.py", "--config=configs/tiny.py", f"--config.data.dir={ml100k}",
+             f"--workdir={tmp_path}/w", *flags,
+             unset=("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
   _refused(r, needle)
   assert not os.path.exists(tmp_path / "w")
 
@@ -174,33 +180,33 @@ def test_multihost_flags_that_cannot_start(ml100k, tmp_path, flags, needle):
      "half-edited"),
 ], ids=["syntax", "no_get_config", "raises"])
 @pytest.mark.parametrize("launcher", ["launch/train.py", "launch/pipeline.py"])
-def test_config_file_that_does_not_import(tmp_path, launcher, body, needle):
+def test_config_file_that_does_not_import(tmp_path, launcher, body, needle, launch):
   bad = tmp_path / "bad.py"
   bad.write_text(body)
-  r = _run(launcher, f"--config={bad}", f"--workdir={tmp_path}/w")
+  r = launch(launcher, f"--config={bad}", f"--workdir={tmp_path}/w")
   _refused(r, "--config:", needle)
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_missing_config_file(tmp_path):
-  r = _run("launch/train_baseline.py", f"--config={tmp_path}/nope.py", f"--data_dir={tmp_path}",
+def test_missing_config_file(tmp_path, launch):
+  r = launch("launch/train_baseline.py", f"--config={tmp_path}/nope.py", f"--data_dir={tmp_path}",
            f"--workdir={tmp_path}/w")
   _refused(r, "nope.py: no such config file")
 
 
-def test_unknown_config_field_names_the_dotted_field_and_close_matches(tmp_path):
-  r = _run("launch/train.py", "--config=configs/tiny.py", "--config.train.learning_rat=1e-3",
+def test_unknown_config_field_names_the_dotted_field_and_close_matches(tmp_path, launch):
+  r = launch("launch/train.py", "--config=configs/tiny.py", "--config.train.learning_rat=1e-3",
            f"--workdir={tmp_path}/w")
   flat = _refused(r, "--config.train.learning_rat: no such config field",
                   "did you mean --config.train.learning_rate")
   assert "'\\'" not in flat and "\\n" not in flat  # not a Python repr
 
 
-def test_list_config_field_with_wrong_elements(tmp_path):
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", "--config.seeds=abc",
+def test_list_config_field_with_wrong_elements(tmp_path, launch):
+  r = launch("launch/pipeline.py", "--config=configs/tiny.py", "--config.seeds=abc",
            f"--workdir={tmp_path}/w")
   _refused(r, "--config.seeds=abc: expected a comma-separated list of integers")
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", "--config.ground.ks=1,x",
+  r = launch("launch/pipeline.py", "--config=configs/tiny.py", "--config.ground.ks=1,x",
            f"--workdir={tmp_path}/w")
   _refused(r, "--config.ground.ks=1,x")
   assert not os.path.exists(tmp_path / "w")
@@ -214,31 +220,31 @@ def test_list_config_field_with_wrong_elements(tmp_path):
     ("--config.data.encoding=utf-9", "--config.data.encoding=utf-9: unknown text encoding"),
     ("--config.seeds=0,0", "--config.seeds=0,0: a seed is repeated"),
 ])
-def test_pipeline_config_checked_before_training(tmp_path, override, needle):
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w", override)
+def test_pipeline_config_checked_before_training(tmp_path, override, needle, launch):
+  r = launch("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w", override)
   _refused(r, needle)
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_pipeline_stage_whose_inputs_never_ran(tmp_path):
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+def test_pipeline_stage_whose_inputs_never_ran(tmp_path, launch):
+  r = launch("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
            "--stages=evaluate")
   _refused(r, "--stages=evaluate: evaluate reads the output of prepare, generate",
            "add it to --stages")
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_unquoted_name_list_is_split_into_names(tmp_path):
+def test_unquoted_name_list_is_split_into_names(tmp_path, launch):
   # ml_collections keeps `q_proj,vproj` as the one string 'q_proj,vproj'; cli.py splits it, so
   # the message names the one misspelt module.
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+  r = launch("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
            "--config.lora.targets=q_proj,vproj")
   flat = _refused(r, "--config.lora: unknown LoRA target(s) ['vproj']")
   assert "q_proj,vproj" not in flat
 
 
-def test_lora_alpha_must_be_positive(ml100k, tmp_path):
-  r = _run("launch/train.py", "--config=configs/tiny.py", f"--config.data.dir={ml100k}",
+def test_lora_alpha_must_be_positive(ml100k, tmp_path, launch):
+  r = launch("launch/train.py", "--config=configs/tiny.py", f"--config.data.dir={ml100k}",
            f"--workdir={tmp_path}/w", "--config.lora.alpha=-1")
   _refused(r, "--config.lora", "alpha must be positive")
   assert not os.path.exists(tmp_path / "w")
@@ -247,23 +253,23 @@ def test_lora_alpha_must_be_positive(ml100k, tmp_path):
 # ----------------------------------------------------------------------------- unknown names
 
 
-def test_misspelt_stage_is_refused(tmp_path):
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+def test_misspelt_stage_is_refused(tmp_path, launch):
+  r = launch("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
            "--stages=prepare,evalute")
   _refused(r, "--stages", "'evalute'", "did you mean evaluate")
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_unknown_encoding(tmp_path):
+def test_unknown_encoding(tmp_path, launch):
   ratings, movies = _ml1m_files(tmp_path)
-  r = _run("launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
+  r = launch("launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
            f"--items={movies}", f"--out_dir={tmp_path}/out", "--encoding=utf-9")
   _refused(r, "--encoding=utf-9", "unknown text encoding")
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_generate_constrained_without_items(ml100k, tmp_path):
-  r = _run("launch/generate.py", f"--input={ml100k}/test_5000.json",
+def test_generate_constrained_without_items(ml100k, tmp_path, launch):
+  r = launch("launch/generate.py", f"--input={ml100k}/test_5000.json",
            f"--output={tmp_path}/p.json", "--constrained")
   _refused(r, "--constrained needs --items")
 
@@ -287,8 +293,8 @@ def test_generate_constrained_without_items_in_the_library(ml100k, tmp_path):
     ("--domain=movies", "--domain: unknown name 'movies'; did you mean movie"),
     ("--target_rating_above=high", "--target_rating_above"),
 ])
-def test_prepare_data_messages_name_their_flag(tmp_path, flag, needle):
-  r = _run("launch/prepare_data.py", f"--out_dir={tmp_path}/out", flag)
+def test_prepare_data_messages_name_their_flag(tmp_path, flag, needle, launch):
+  r = launch("launch/prepare_data.py", f"--out_dir={tmp_path}/out", flag)
   _refused(r, needle)
   assert not os.path.exists(tmp_path / "out")
 
@@ -308,8 +314,8 @@ def test_library_messages_name_the_flags():
     ("--num_return_sequences=8", "--num_return_sequences=8 cannot exceed --num_beams=4"),
     ("--adapter=/no/such/adapter", "--adapter=/no/such/adapter: no such file or directory"),
 ])
-def test_generate_numbers_and_paths_before_the_model(ml100k, tmp_path, flag, needle):
-  r = _run("launch/generate.py", f"--input={ml100k}/test_5000.json",
+def test_generate_numbers_and_paths_before_the_model(ml100k, tmp_path, flag, needle, launch):
+  r = launch("launch/generate.py", f"--input={ml100k}/test_5000.json",
            f"--output={tmp_path}/p.json", flag)
   _refused(r, needle)
 
@@ -334,39 +340,39 @@ def _ml1m_files(tmp_path, ratings_text=None, movies_bytes=None):
   return str(ratings), str(movies)
 
 
-def test_ratings_file_cut_inside_its_last_record(tmp_path):
+def test_ratings_file_cut_inside_its_last_record(tmp_path, launch):
   ratings, movies = _ml1m_files(tmp_path)
   text = open(ratings).read()
   cut = text[: len(text) - 4]  # '...::9783011' : the timestamp lost its last digits
   open(ratings, "w").write(cut)
-  r = _run("launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
+  r = launch("launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
            f"--items={movies}", f"--out_dir={tmp_path}/out")
   _refused(r, f"{ratings}:36:", "no line break", "cut short")
   assert not os.path.exists(tmp_path / "out")
 
 
-def test_utf8_titles_read_as_latin1_warn_with_the_encoding_to_pass(tmp_path):
+def test_utf8_titles_read_as_latin1_warn_with_the_encoding_to_pass(tmp_path, launch):
   titles = ["Misérables, Les (1995)", "Amélie (2001)"] + [f"Movie {i} (1995)" for i in range(3, 15)]
   movies = "".join(f"{i}::{t}::Drama\n" for i, t in enumerate(titles, 1)).encode("utf-8")
   ratings, movies_path = _ml1m_files(tmp_path, movies_bytes=movies)
   common = ["launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
             f"--items={movies_path}", "--min_history=2", "--valid_test_size=5"]
-  r = _run(*common, f"--out_dir={tmp_path}/latin")
+  r = launch(*common, f"--out_dir={tmp_path}/latin")
   assert r.returncode == 0, r.stderr[-3000:]
   flat = " ".join(r.stderr.split())
   assert movies_path in flat and "look like UTF-8 read as ISO-8859-1" in flat, r.stderr
   assert "--encoding=utf-8" in flat and "MisÃ©rables" in flat
-  r = _run(*common, f"--out_dir={tmp_path}/utf8", "--encoding=utf-8")
+  r = launch(*common, f"--out_dir={tmp_path}/utf8", "--encoding=utf-8")
   assert r.returncode == 0 and "look like UTF-8" not in r.stderr, r.stderr[-3000:]
   items = open(tmp_path / "utf8" / "items.tsv", encoding="utf-8").read()
   assert "Misérables" in items and "Amélie" in items
 
 
-def test_real_latin1_titles_do_not_warn(tmp_path):
+def test_real_latin1_titles_do_not_warn(tmp_path, launch):
   titles = ["Misérables, Les (1995)"] + [f"Movie {i} (1995)" for i in range(2, 15)]
   movies = "".join(f"{i}::{t}::Drama\n" for i, t in enumerate(titles, 1)).encode("latin-1")
   ratings, movies_path = _ml1m_files(tmp_path, movies_bytes=movies)
-  r = _run("launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
+  r = launch("launch/prepare_data.py", "--dataset=ml-1m", f"--interactions={ratings}",
            f"--items={movies_path}", "--min_history=2", "--valid_test_size=5",
            f"--out_dir={tmp_path}/out")
   assert r.returncode == 0 and "look like UTF-8" not in r.stderr, r.stderr[-3000:]
@@ -376,9 +382,9 @@ def test_real_latin1_titles_do_not_warn(tmp_path):
 # ----------------------------------------------------------------------------- half-made state
 
 
-def test_train_baseline_bad_config_leaves_no_workdir(ml100k, tmp_path):
+def test_train_baseline_bad_config_leaves_no_workdir(ml100k, tmp_path, launch):
   workdir = tmp_path / "sasrec"
-  r = _run("launch/train_baseline.py", "--model=sasrec", f"--data_dir={ml100k}",
+  r = launch("launch/train_baseline.py", "--model=sasrec", f"--data_dir={ml100k}",
            f"--workdir={workdir}", "--config.train.max_epochs=0")
   _refused(r, "max_epochs must be >= 1")
   assert not os.path.exists(workdir)
