@@ -124,6 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
   # is contrastive decoding: log p + (alpha - 1) * log(p / q) favours what this history adds.
   c.generate.guidance = 1.0
   c.generate.assistant_temperature = 1.0  # CF assistants: softmax(scores / temperature)
+  # llm_prior: 0 = its q is the model's titles after a history-free prompt; N = their mean over
+  # the prompts of N training rows spread over train.json (the model's marginal over real users)
+  c.generate.prior_rows = 0
   # With an assistant: alphas tried on the valid rows; the one whose grounded valid
   # `guidance_metric` is best (gammas tuned on the same rows, as for the test split) is used for
   # both splits; () = just `guidance`. E.g. (0.0, 0.25, 0.5, 0.75, 1.0).

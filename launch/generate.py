@@ -84,6 +84,9 @@ cli.define_flags_from({
     "generate.guidance": "alpha: step score alpha * log p_LLM + (1 - alpha) * log q_assistant "
                          "(1 = LLM alone, 0 = assistant; > 1 with llm_prior: contrastive).",
     "generate.assistant_temperature": "CF assistants and llm_prior: softmax of scores / this.",
+    "generate.prior_rows": "llm_prior: average the model's titles over the prompts of this many "
+                           "training rows (train.json next to --items; 0 = one history-free "
+                           "prompt).",
 }, choices={"generate.exclude_history": EXCLUDE_MODES, "generate.assistant": ASSISTANTS,
             "data.prompt_template": prompts.TEMPLATES})
 _INIT_DISTRIBUTED = cli.define_multihost_flags()

@@ -74,6 +74,15 @@ def test_only_the_model_prior_takes_a_contrastive_alpha_above_one():
   c.generate.assistant = "mostpop"
   with pytest.raises(UserError, match=r"alpha 2 is not in \[0, 1\] for assistant=mostpop"):
     pipeline.check_config(c)
+  c.generate.guidance_grid = ()
+  c.generate.prior_rows = 8  # rows averaged by llm_prior only
+  with pytest.raises(UserError, match="prior_rows=8.*assistant=mostpop"):
+    pipeline.check_config(c)
+  c.generate.assistant = "llm_prior"
+  pipeline.check_config(c)
+  c.generate.prior_rows = -1
+  with pytest.raises(UserError, match="prior_rows=-1"):
+    pipeline.check_config(c)
 
 
 def test_a_misspelt_field_in_a_python_built_config_is_an_error_naming_it():

@@ -13,9 +13,12 @@ more likely than usual win. It reads no interaction data (only the model), so a 
 by it is still BIGRec "with no statistics anywhere".
 
 q(item) is the softmax over the catalog of each title's teacher-forced log-likelihood (its
-trie token sequence after the history-free prompt). The guide gives a trie child the mass of
-the items below it, which makes q's conditional of the child exactly the restricted model's
-next-token distribution under the empty history.
+trie token sequence after the history-free prompt); with a renormalised search each step of it
+is renormalised over the trie's children too. The guide gives a trie child the mass of the
+items below it, which makes q's conditional of the child exactly the restricted model's
+next-token distribution under the empty history, on the scale the search scores p. (Without
+that renormalisation, a title whose later tokens the catalog forces but the model finds
+unlikely gets a tiny q and a p_renormalised near 1: the ratio explodes onto such titles.)
 """
 from __future__ import annotations
 
@@ -32,10 +35,16 @@ Array = jax.Array
 
 
 def title_log_likelihoods(config, params, prompt: Sequence[int],
-                          sequences: Sequence[Sequence[int] | None], *, batch_size: int = 32,
-                          bucket_multiple: int = 8, sharding=None) -> np.ndarray:
+                          sequences: Sequence[Sequence[int] | None], *,
+                          trie_sequences: Sequence[Sequence[int] | None] | None = None,
+                          batch_size: int = 32, bucket_multiple: int = 8,
+                          sharding=None) -> np.ndarray:
   """[len(sequences)] float64: log p(sequence | prompt), summed over its tokens; -inf for None.
 
+  trie_sequences (the catalog trie's sequences; `sequences` are prefixes of them): each step is
+  renormalised over the tokens the trie allows after that prefix, as a renormalised search
+  scores it (an only child costs exactly 0), so q and the search's p share one scale; without
+  it, full-vocabulary log-probs.
   The prompt's K/V are computed once per batch (llama.prefix_then_suffix) and every sequence
   attends to them. Sequences are batched shortest first and padded to a multiple of
   `bucket_multiple` (one compiled program per bucket); a last batch is filled with copies of
@@ -44,6 +53,7 @@ def title_log_likelihoods(config, params, prompt: Sequence[int],
   prompt = np.asarray(prompt, np.int32)
   keep = sorted((i for i, s in enumerate(sequences) if s), key=lambda i: len(sequences[i]))
   out = np.full((len(sequences),), -np.inf, np.float64)
+  siblings = None if trie_sequences is None else _children_by_prefix(trie_sequences)
   p = len(prompt)
   for start in range(0, len(keep), batch_size):
     chunk = keep[start:start + batch_size]
@@ -57,17 +67,45 @@ def title_log_likelihoods(config, params, prompt: Sequence[int],
       ids[b, pad:pad + p] = prompt
       ids[b, pad + p:] = seq
       mask[b, pad:] = 1
-    arrays = (ids, mask) if sharding is None else jax.device_put((ids, mask), sharding)
+    allowed = None if siblings is None else _allowed_tokens(siblings, [sequences[i] for i in rows],
+                                                            width)
+    arrays = (ids, mask, allowed)
+    if sharding is not None:
+      arrays = jax.device_put(arrays, sharding)
     scores = np.asarray(_sequence_log_likelihoods(config, params, *arrays, prefix_len=p),
                         np.float64)
     out[chunk] = scores[:len(chunk)]
   return out
 
 
+def _children_by_prefix(sequences: Sequence[Sequence[int] | None]) -> dict[tuple, list[int]]:
+  """prefix -> the tokens that follow it in some sequence (the trie's children of its node)."""
+  children: dict[tuple, set] = {}
+  for seq in sequences:
+    for t in range(len(seq or ())):
+      children.setdefault(tuple(seq[:t]), set()).add(int(seq[t]))
+  return {k: sorted(v) for k, v in children.items()}
+
+
+def _allowed_tokens(siblings: dict[tuple, list[int]], rows: Sequence[Sequence[int]],
+                    width: int) -> np.ndarray:
+  """[B, width, W] int32: the trie's tokens before each (right-aligned) token, -1 padding; W a
+  power of two (few compiled shapes)."""
+  lists = [[siblings[tuple(seq[:t])] for t in range(len(seq))] for seq in rows]
+  most = max(len(c) for row in lists for c in row)
+  w = 1 << (most - 1).bit_length()
+  out = np.full((len(rows), width, w), -1, np.int32)
+  for b, row in enumerate(lists):
+    for t, c in enumerate(row):
+      out[b, width - len(row) + t, :len(c)] = c
+  return out
+
+
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("prefix_len",))
-def _sequence_log_likelihoods(config, params, ids: Array, mask: Array, *, prefix_len: int
-                              ) -> Array:
-  """[B] summed log-probs of each row's tokens after the shared `prefix_len`-token prompt."""
+def _sequence_log_likelihoods(config, params, ids: Array, mask: Array, allowed: Array | None, *,
+                              prefix_len: int) -> Array:
+  """[B] summed log-probs of each row's tokens after the shared `prefix_len`-token prompt
+  (allowed [B, S, W]: each step renormalised over those tokens)."""
   prefix_hidden, suffix_hidden, _ = llama.prefix_then_suffix(config, params, ids, mask, prefix_len)
   s = ids.shape[1] - prefix_len
   lengths = jnp.sum(mask, axis=1) - prefix_len  # tokens of each row's sequence
@@ -77,6 +115,9 @@ def _sequence_log_likelihoods(config, params, ids: Array, mask: Array, *, prefix
   hidden = jnp.where(first[..., None], prefix_hidden[:, -1:], before)
   logp = jax.nn.log_softmax(llama.output_logits(config, params, hidden), axis=-1)
   token = jnp.take_along_axis(logp, ids[:, prefix_len:, None], axis=-1)[..., 0]
+  if allowed is not None:
+    sib = jnp.take_along_axis(logp, jnp.maximum(allowed, 0), axis=-1)
+    token = token - jax.nn.logsumexp(jnp.where(allowed >= 0, sib, -jnp.inf), axis=-1)
   return jnp.sum(jnp.where(slot >= (s - lengths)[:, None], token, 0.0), axis=1)
 
 

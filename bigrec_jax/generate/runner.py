@@ -70,6 +70,9 @@ class GenerateOptions:
   assistant: str = "none"  # none | mostpop | llm_prior | sasrec | gru4rec | caser | dros
   guidance: float = 1.0  # alpha: 1 = the LLM alone, 0 = the assistant alone, > 1 (llm_prior) contrastive
   assistant_temperature: float = 1.0  # CF assistants: softmax(scores / temperature)
+  # llm_prior: 0 = the model's titles after a history-free prompt; N = their mean over the
+  # prompts of N training rows (the model's marginal over real histories)
+  prior_rows: int = 0
 
   @property
   def catalog_aware(self) -> bool:
@@ -112,7 +115,8 @@ class Generator:
       raise UserError(f"max_new_tokens {options.max_new_tokens} leaves no room for a prompt in "
                       f"the model's context of {self.config.max_position_embeddings} tokens")
     check_catalog_options(options)
-    self.trie = self.ranges = self.catalog_order = self._prior = None
+    self.trie = self.ranges = self.catalog_order = None
+    self._priors: dict[tuple, np.ndarray] = {}  # catalog_prior's, by prompt set
     self.titles = list(titles) if titles else []
     self.num_items = len(self.titles)
     self.eos_token_id = int(eos)
@@ -202,7 +206,8 @@ class Generator:
       counts = prepared.read_popularity(data_dir, self.num_items)
       probs = guide_lib.popularity_probabilities(counts, len(rows))
     elif o.assistant == "llm_prior":
-      probs = np.broadcast_to(self.catalog_prior(), (len(rows), self.num_items))
+      probs = np.broadcast_to(self.catalog_prior(self.prior_rows(data_dir)),
+                              (len(rows), self.num_items))
     elif o.assistant != "none":
       if assistant_scores is None:
         raise UserError(f"--assistant={o.assistant} needs its exported score matrix "
@@ -212,20 +217,42 @@ class Generator:
     self._check_something_left(guidance, source)
     return guidance
 
-  def catalog_prior(self) -> np.ndarray:
-    """[num_items] the model's distribution over catalog titles after a prompt with no history
-    (generate/prior.py; softmax / assistant_temperature), computed once per Generator."""
-    if self._prior is None:
-      o = self.options
-      prompt = self.tokenizer(o.prompt_format.history_free_prompt())["input_ids"]
-      sequences = trie_lib.title_sequences_by_item(
+  def catalog_prior(self, rows: Sequence[dict] | None = None) -> np.ndarray:
+    """[num_items] the model's distribution over catalog titles (generate/prior.py; each prompt's
+    softmax / assistant_temperature): after a prompt with no history, or (rows) the mean over
+    those rows' prompts, the model's marginal over real users. Computed once per prompt set."""
+    o = self.options
+    if rows is None:
+      prompts = [self.tokenizer(o.prompt_format.history_free_prompt())["input_ids"]]
+    else:
+      prompts = self.prompt_ids(rows, "prior rows", self.titles)
+    key = tuple(tuple(int(t) for t in p) for p in prompts)
+    if key not in self._priors:
+      trie = trie_lib.title_sequences_by_item(
           self.tokenizer, self.titles, o.prompt_format.trie_context(), self.eos_token_id)
+      sequences = trie
       if o.stop_at_closing_quote:  # the search ends a title at its closing quote, before EOS
-        sequences = [None if s is None else s[:-1] for s in sequences]
-      loglik = prior_lib.title_log_likelihoods(self.config, self.params, prompt, sequences,
-                                               sharding=parallel.replicated(self.mesh))
-      self._prior = prior_lib.catalog_prior(loglik, o.assistant_temperature)
-    return self._prior
+        sequences = [None if s is None else s[:-1] for s in trie]
+      per_prompt = [prior_lib.catalog_prior(prior_lib.title_log_likelihoods(
+          self.config, self.params, prompt, sequences,
+          trie_sequences=trie if o.renormalize else None, batch_size=64,
+          sharding=parallel.replicated(self.mesh)), o.assistant_temperature)
+          for prompt in prompts]
+      self._priors[key] = np.mean(per_prompt, axis=0)
+    return self._priors[key]
+
+  def prior_rows(self, data_dir: str | None) -> list[dict] | None:
+    """`options.prior_rows` rows spread evenly over the prepared training split (None: 0 rows,
+    the history-free prompt)."""
+    n = self.options.prior_rows
+    if n == 0:
+      return None
+    if data_dir is None:
+      raise UserError("--prior_rows needs the prepared data (its train.json next to --items)")
+    from bigrec_jax.data import prepared
+
+    train = prepared.read_rows(os.path.join(data_dir, "train.json"), self.titles)
+    return [train[i] for i in np.linspace(0, len(train) - 1, min(n, len(train))).astype(int)]
 
   def _check_something_left(self, guidance: RowGuidance, source: str) -> None:
     """A row whose every catalog item is excluded would return no beam at all: say so."""
@@ -347,6 +374,9 @@ def check_catalog_options(o: GenerateOptions) -> None:
   if o.assistant not in ASSISTANTS:
     raise UserError(f"{g}assistant={o.assistant!r}: choose from {ASSISTANTS}")
   check_alpha(o.assistant, o.guidance, f"{g}guidance")
+  if o.prior_rows < 0 or (o.prior_rows and o.assistant != "llm_prior"):
+    raise UserError(f"{g}prior_rows={o.prior_rows}: rows averaged by the llm_prior assistant "
+                    f"(>= 0; assistant={o.assistant})")
   if not o.assistant_temperature > 0:
     raise UserError(f"{g}assistant_temperature={o.assistant_temperature}: must be positive")
   if o.catalog_aware and not o.constrained:

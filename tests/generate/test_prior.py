@@ -1,8 +1,9 @@
 """The model's history-free catalog prior (generate/prior.py) and contrastive decoding with it.
 
-Unit: title log-likelihoods of a tiny random model against a plain forward per title. Real:
+Unit: title log-likelihoods of a tiny random model (full-vocabulary and renormalised over the
+trie's children) against a plain forward per title. Real:
 SmolLM2 on real ML-100K titles, the Generator's prior against a full forward of each title after
-the history-free prompt, and a contrastive search (alpha 2) whose every beam scores
+the history-free prompt (and, with rows, the mean over their prompts), and a contrastive search (alpha 2) whose every beam scores
 2 log p(title | history) - log q(title) under the catalog-restricted model.
 """
 from __future__ import annotations
@@ -21,26 +22,40 @@ CONFIG = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=48, num_la
                      bos_token_id=None)
 
 
-def _forward_log_likelihood(config, params, prompt, seq) -> float:
-  """log p(seq | prompt) from one plain forward over prompt + seq."""
+def _forward_log_likelihood(config, params, prompt, seq, trie=None) -> float:
+  """log p(seq | prompt) from one plain forward over prompt + seq; with `trie` (sequences),
+  each step renormalised over the tokens that follow its prefix in some trie sequence."""
   ids = np.concatenate([prompt, seq]).astype(np.int32)[None]
   logits, _ = forward(config, params, ids, np.ones_like(ids))
   logp = np.asarray(jax.nn.log_softmax(logits[0, len(prompt) - 1:-1], axis=-1), np.float64)
-  return float(sum(logp[t, x] for t, x in enumerate(seq)))
+  total = 0.0
+  for t, x in enumerate(seq):
+    total += logp[t, x]
+    if trie is not None:
+      children = sorted({s[t] for s in trie if s and list(s[:t]) == list(seq[:t])})
+      total -= np.log(np.exp(logp[t, children]).sum())
+  return float(total)
 
 
-def test_title_log_likelihoods_equal_a_forward_per_title():
+@pytest.mark.parametrize("renormalised", [False, True])
+def test_title_log_likelihoods_equal_a_forward_per_title(renormalised):
   params = init_params(CONFIG, jax.random.key(0))
   params = {**params, "embed": params["embed"] * 4.0}  # peaked: the titles' scores differ
   prompt = np.array([2, 5, 7, 3, 9], np.int32)
-  seqs = [[3, 4, 1], None, [8, 9, 10, 11, 12, 13, 14, 1], [5, 1], [6, 7, 1], [15, 2, 3, 4, 1]]
-  # batch 2 and bucket 4: three batches of two buckets, the last filled with a copy of its first
-  got = prior_lib.title_log_likelihoods(CONFIG, params, prompt, seqs, batch_size=2,
-                                        bucket_multiple=4)
+  seqs = [[3, 4, 1], None, [8, 9, 10, 11, 12, 13, 14, 1], [5, 1], [3, 7, 1], [15, 2, 3, 4, 1],
+          [3, 4, 6, 1]]
+  trie = seqs if renormalised else None
+  # batch 2 and bucket 4: four batches of two buckets, the last filled with a copy of its first
+  got = prior_lib.title_log_likelihoods(CONFIG, params, prompt, seqs, trie_sequences=trie,
+                                        batch_size=2, bucket_multiple=4)
   assert got[1] == -np.inf
-  want = [_forward_log_likelihood(CONFIG, params, prompt, np.asarray(s)) for s in seqs if s]
-  np.testing.assert_allclose(got[[0, 2, 3, 4, 5]], want, atol=1e-4)
+  want = [_forward_log_likelihood(CONFIG, params, prompt, np.asarray(s), trie)
+          for s in seqs if s]
+  np.testing.assert_allclose(got[[0, 2, 3, 4, 5, 6]], want, atol=1e-4)
   assert len(set(np.round(want, 3))) == len(want)  # the check can tell titles apart
+  if renormalised:  # forced tokens cost nothing: only the choices at the root and after 3, 3 4
+    assert got[2] == pytest.approx(_forward_log_likelihood(
+        CONFIG, params, prompt, np.asarray([8]), trie), abs=1e-5)
 
 
 def test_catalog_prior_is_the_softmax_of_log_likelihoods():
@@ -69,8 +84,8 @@ def test_smollm2_prior_and_contrastive_beams(smollm2, real_rows):
   generator = Generator(smollm2, options, titles=catalog)
   q = generator.catalog_prior()
   free = np.asarray(tok(options.prompt_format.history_free_prompt())["input_ids"], np.int32)
-  seqs = trie_lib.title_sequences(tok, catalog)
-  ll = np.array([_forward_log_likelihood(smollm2.config, smollm2.params, free, np.asarray(s))
+  seqs = trie_lib.title_sequences(tok, catalog)  # renormalised search: so is the prior's scale
+  ll = np.array([_forward_log_likelihood(smollm2.config, smollm2.params, free, np.asarray(s), seqs)
                  for s in seqs])
   np.testing.assert_allclose(q, np.exp(ll - ll.max()) / np.exp(ll - ll.max()).sum(), rtol=2e-3)
   rows = real_rows[:2]
@@ -93,6 +108,15 @@ def test_smollm2_prior_and_contrastive_beams(smollm2, real_rows):
       want.append(2 * restricted - np.log(q[by_seq[seq]]))
     np.testing.assert_allclose(scores, want, atol=3e-3)  # float32 decode cache vs a forward
     best.append(got[0])
+  # The marginal over real users (prior_rows): the mean of each row's catalog distribution.
+  per_row = []
+  for prompt in ids:
+    rll = np.array([_forward_log_likelihood(smollm2.config, smollm2.params, prompt,
+                                            np.asarray(s), seqs) for s in seqs])
+    per_row.append(np.exp(rll - rll.max()) / np.exp(rll - rll.max()).sum())
+  marginal = generator.catalog_prior(rows)
+  np.testing.assert_allclose(marginal, np.mean(per_row, axis=0), rtol=2e-3)
+  assert np.abs(marginal - q).max() > 0.01  # a different prompt set, a different prior
   # alpha 2 is not alpha 1: the prior reorders some row's beams (else the check is vacuous)
   plain = generator.generate_ids(ids, guidance=generator.row_guidance(rows), alpha=1.0)
   assert any([tuple(int(x) for x in t[:n]) for t, n in zip(r[0], r[2])]
