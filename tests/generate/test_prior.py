@@ -67,10 +67,28 @@ def test_catalog_prior_is_the_softmax_of_log_likelihoods():
     prior_lib.catalog_prior(np.full(3, -np.inf))
 
 
+def _restricted_scores(run, prompt, seqs) -> np.ndarray:
+  """[len(seqs)] each title's log-prob after `prompt`, every step renormalised over the titles'
+  trie children: all titles in one jitted causal forward, right-padded (padding only follows)."""
+  longest = max(len(s) for s in seqs)
+  full = np.stack([np.concatenate([prompt, np.pad(np.asarray(s, np.int32), (0, longest - len(s)))])
+                   for s in seqs])
+  logp = np.asarray(jax.nn.log_softmax(run(full)[:, len(prompt) - 1:], axis=-1), np.float64)
+  children = lambda pre: sorted({s[len(pre)] for s in map(tuple, seqs) if s[:len(pre)] == pre})
+  return np.array([sum(logp[r, t, x] - np.log(np.exp(logp[r, t, children(tuple(s[:t]))]).sum())
+                       for t, x in enumerate(s)) for r, s in enumerate(seqs)])
+
+
+def _softmax(x):
+  e = np.exp(x - x.max())
+  return e / e.sum()
+
+
 def test_smollm2_prior_and_contrastive_beams(smollm2, real_rows):
   """Six real titles, six beams, renormalised, length penalty 0: the Generator's prior is each
-  title's forward log-likelihood after the history-free prompt (softmaxed over the six), and at
-  alpha 2 every returned title scores 2 log p_r(title | row) - log q(title)."""
+  title's restricted log-likelihood after the history-free prompt (softmaxed over the six), and
+  with rows the mean of their prompts' distributions; at alpha 2 every returned title scores
+  2 log p_r(title | row) - log q(title)."""
   from bigrec_jax.data import prepare
   from bigrec_jax.generate.runner import GenerateOptions, Generator
 
@@ -82,41 +100,27 @@ def test_smollm2_prior_and_contrastive_beams(smollm2, real_rows):
                             constrained=True, length_penalty=0.0, progress=False,
                             renormalize=True, assistant="llm_prior", guidance=2.0)
   generator = Generator(smollm2, options, titles=catalog)
-  q = generator.catalog_prior()
+  seqs = trie_lib.title_sequences(tok, catalog)
+  run = jax.jit(lambda i: forward(smollm2.config, smollm2.params, i, jnp.ones_like(i))[0])
   free = np.asarray(tok(options.prompt_format.history_free_prompt())["input_ids"], np.int32)
-  seqs = trie_lib.title_sequences(tok, catalog)  # renormalised search: so is the prior's scale
-  ll = np.array([_forward_log_likelihood(smollm2.config, smollm2.params, free, np.asarray(s), seqs)
-                 for s in seqs])
-  np.testing.assert_allclose(q, np.exp(ll - ll.max()) / np.exp(ll - ll.max()).sum(), rtol=2e-3)
+  q = generator.catalog_prior()
+  np.testing.assert_allclose(q, _softmax(_restricted_scores(run, free, seqs)), rtol=2e-3)
   rows = real_rows[:2]
   ids = generator.prompt_ids(rows)
-  results = generator.generate_ids(ids, guidance=generator.row_guidance(rows))
-  by_seq = {tuple(s): i for i, s in enumerate(seqs)}
-  children = lambda pre: sorted({s[len(pre)] for s in by_seq if s[:len(pre)] == pre})
-  run = jax.jit(lambda i: forward(smollm2.config, smollm2.params, i, jnp.ones_like(i))[0])
-  best = []
-  for prompt, (tokens, scores, lengths) in zip(ids, results):
-    got = [tuple(int(x) for x in t[:n]) for t, n in zip(tokens, lengths)]
-    assert sorted(got) == sorted(by_seq)
-    want = []
-    for seq in got:
-      full = np.concatenate([prompt, np.asarray(seq, np.int32)])[None]
-      logp = np.asarray(jax.nn.log_softmax(run(full)[0, len(prompt) - 1:-1], axis=-1),
-                        np.float64)
-      restricted = sum(logp[t, x] - np.log(np.exp(logp[t, children(seq[:t])]).sum())
-                       for t, x in enumerate(seq))
-      want.append(2 * restricted - np.log(q[by_seq[seq]]))
-    np.testing.assert_allclose(scores, want, atol=3e-3)  # float32 decode cache vs a forward
-    best.append(got[0])
-  # The marginal over real users (prior_rows): the mean of each row's catalog distribution.
-  per_row = []
-  for prompt in ids:
-    rll = np.array([_forward_log_likelihood(smollm2.config, smollm2.params, prompt,
-                                            np.asarray(s), seqs) for s in seqs])
-    per_row.append(np.exp(rll - rll.max()) / np.exp(rll - rll.max()).sum())
-  marginal = generator.catalog_prior(rows)
-  np.testing.assert_allclose(marginal, np.mean(per_row, axis=0), rtol=2e-3)
+  by_row = [_restricted_scores(run, prompt, seqs) for prompt in ids]
+  # The marginal over real users (prior_rows): the mean of each row's catalog distribution
+  # (the rows' prompts from their text: their item ids belong to the full catalog).
+  text_rows = [{k: v for k, v in r.items() if k != "history_item_ids"} for r in rows]
+  marginal = generator.catalog_prior(text_rows)
+  np.testing.assert_allclose(marginal, np.mean([_softmax(x) for x in by_row], axis=0), rtol=2e-3)
   assert np.abs(marginal - q).max() > 0.01  # a different prompt set, a different prior
+  results = generator.generate_ids(ids, guidance=generator.row_guidance(rows))
+  index = {tuple(s): i for i, s in enumerate(seqs)}
+  for restricted, (tokens, scores, lengths) in zip(by_row, results):
+    got = [tuple(int(x) for x in t[:n]) for t, n in zip(tokens, lengths)]
+    assert sorted(got) == sorted(index)
+    want = [2 * restricted[index[g]] - np.log(q[index[g]]) for g in got]
+    np.testing.assert_allclose(scores, want, atol=3e-3)  # float32 decode cache vs a forward
   # alpha 2 is not alpha 1: the prior reorders some row's beams (else the check is vacuous)
   plain = generator.generate_ids(ids, guidance=generator.row_guidance(rows), alpha=1.0)
   assert any([tuple(int(x) for x in t[:n]) for t, n in zip(r[0], r[2])]
