@@ -60,10 +60,15 @@ def test_a_grid_set_on_the_command_line_reaches_the_evaluation(monkeypatch, tmp_
   pl.evaluate_stage(c, pl.Paths(str(tmp_path)), log=lambda m: None)
   opts = seen["opts"]
   assert tuple(opts.pop_gammas) == (0.0, 2.5) and not opts.both and opts.query_batch == 7
-  assert len(opts.cf_gammas) == 199 and opts.embedding_cache is None  # "" -> None
+  # The grid not set here is configs/tiny.py's.
+  assert tuple(opts.cf_gammas) == (0.0, 0.1, 1.0, 10.0)
+  assert opts.embedding_cache is None  # "" -> None
   assert opts.embed_batch_size == c.ground.embed_batch_size and opts.gamma_batch == 4
-  # The default grids are the reference's, unchanged.
-  assert _config().ground.pop_gammas == tuple(float(g) for g in range(100))
+  # The default (and demo) grids are the reference's, unchanged.
+  from configs import default, demo
+  for tree in (default.get_config(), demo.get_config()):
+    assert tree.ground.pop_gammas == tuple(float(g) for g in range(100))
+    assert len(tree.ground.cf_gammas) == 199
 
 
 def test_generate_options_come_from_the_config(monkeypatch, tmp_path):
@@ -108,7 +113,7 @@ def test_options_maps_empty_config_values_to_none():
     (("--config.lora.targets=('q_proj','qkv')",), "--config.lora: unknown LoRA target(s) ['qkv']"),
     (("--config.ground.pop_gammas=(1.0,-2.0)",), "--config.ground.pop_gammas=[1.0, -2.0]"),
     (("--config.mesh.rules.embed=fsdp,model",), "--config.mesh.rules.embed='fsdp,model'"),
-    (("--config.train.batch_size=130",), "not a multiple of --config.train.micro_batch_size"),
+    (("--config.train.batch_size=5",), "not a multiple of --config.train.micro_batch_size"),
     (("--config.generate.bucket_multiple=0",), "--config.generate.bucket_multiple=0: must be"),
 ])
 def test_one_checker_fails_the_same_way_for_every_entry_point(overrides, needle):

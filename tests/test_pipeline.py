@@ -232,15 +232,16 @@ def test_same_config_and_seed_reproduce_bit_identical_outputs(tiny_run, tmp_path
 
   first, _ = tiny_run
   second = str(tmp_path / "again")
-  r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={second}",
-           "--stages=prepare,train,generate")
-  assert r.returncode == 0, r.stderr[-3000:]
-  # The baselines are deterministic too (tests/baselines); reuse them to keep this test short.
+  # The baselines are deterministic too (tests/baselines); reuse them to keep this test short:
+  # copied in first, the other stages (evaluate reading them) run in one command.
   shutil.copytree(os.path.join(first, "baselines"), os.path.join(second, "baselines"))
+  os.makedirs(os.path.join(second, "stages"))
   shutil.copy(os.path.join(first, "stages", "baselines.json"), os.path.join(second, "stages"))
   r = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={second}",
-           "--stages=evaluate")
+           "--stages=prepare,train,generate,evaluate")
   assert r.returncode == 0, r.stderr[-3000:]
+  for stage in ("prepare", "train", "generate", "evaluate"):
+    assert f"{stage}: starting" in r.stdout, stage
 
   def digest(workdir, rel):
     return hashlib.sha256(open(os.path.join(workdir, rel), "rb").read()).hexdigest()
@@ -295,7 +296,7 @@ def test_multi_seed_report_gives_mean_and_spread(tiny_run, tmp_path):
   assert dict(zip(head, row))["NDCG@10"] == f"{pop0 + 0.1:.4f} ± 0.1000"
 
 
-def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
+def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path, launcher_forks):
   """assistant=sasrec: generate reads the baselines' scores, tries the alpha grid on the valid
   rows, records the choice, excludes history titles, and the report says what it chose."""
   import shutil
@@ -338,7 +339,7 @@ def test_guided_generation_stage_chooses_alpha_on_valid(tiny_run, tmp_path):
   report = open(os.path.join(guided, "report.md")).read()
   assert "- decoding: renormalize=True, exclude_history=shown, assistant=sasrec" in report
   assert f"- length_penalty {valid['length_penalty']:g}, chosen on the valid rows" in report
-  bad = _run("launch/pipeline.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'x'}",
-             "--config.generate.assistant=caser")
+  bad = launcher_forks.run("launch/pipeline.py", "--config=configs/tiny.py",
+                           f"--workdir={tmp_path / 'x'}", "--config.generate.assistant=caser")
   assert bad.returncode == 2 and "assistant=caser is not trained" in bad.stderr, bad.stderr[-2000:]
   assert not os.path.exists(os.path.join(tmp_path, "x", "stages"))  # refused before any stage

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
@@ -29,12 +30,19 @@ def _tiny_params(config: LlamaConfig, seed: int = 0, logit_scale: float = 40.0):
   return {**params, "embed": params["embed"] * logit_scale}
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _seq_log_probs(config, params, ids, prompt_len: int):
+  logits, _ = forward(config, params, ids, jnp.ones_like(ids))
+  logp = jax.nn.log_softmax(logits[:, prompt_len - 1:-1], axis=-1)
+  return jnp.take_along_axis(logp, ids[:, prompt_len:, None], axis=-1)[..., 0]
+
+
 def _log_probs(config, params, prompt: np.ndarray, seqs: np.ndarray) -> np.ndarray:
-  """[S, T] log p(seq_t | prompt, seq_<t) by full forward passes (no cache, no search)."""
+  """[S, T] log p(seq_t | prompt, seq_<t) by full forward passes (no cache, no search).
+  One jitted program per shape, the weights an argument (a new jit per call, closing over
+  them, compiled again every time)."""
   ids = np.concatenate([np.repeat(prompt[None], len(seqs), 0), seqs], axis=1)
-  logits, _ = jax.jit(lambda i: forward(config, params, i, jnp.ones_like(i)))(ids)
-  logp = jax.nn.log_softmax(np.asarray(logits)[:, len(prompt) - 1:-1], axis=-1)
-  return np.take_along_axis(np.asarray(logp), seqs[..., None], axis=-1)[..., 0]
+  return np.asarray(_seq_log_probs(config, params, jnp.asarray(ids), len(prompt)))
 
 
 def test_decode_step_matches_full_forward_with_reordered_beams():

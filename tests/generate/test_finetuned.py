@@ -23,7 +23,7 @@ from bigrec_jax.train import step as step_lib
 
 pytestmark = pytest.mark.slow
 
-CATALOG_SIZE, TRAIN_ROWS, STEPS, LR = 20, 20, 10, 1e-2
+CATALOG_SIZE, TRAIN_ROWS, STEPS, LR = 20, 10, 10, 1e-2
 
 
 def _prompt(seen: str) -> str:

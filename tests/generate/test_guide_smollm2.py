@@ -39,7 +39,8 @@ def test_renormalised_beams_are_the_catalog_restricted_log_probs(smollm2, ml100k
   results = generator.generate_ids(ids)
   title_seqs = {tuple(s): t for s, t in zip(trie_lib.title_sequences(tok, catalog), catalog)}
   children = lambda pre: sorted({s[len(pre)] for s in title_seqs if s[:len(pre)] == pre})
-  run = jax.jit(lambda i: forward(smollm2.config, smollm2.params, i, jnp.ones_like(i))[0])
+  # The weights an argument: closed over, they are constants folded into the program.
+  run = jax.jit(lambda p, i: forward(smollm2.config, p, i, jnp.ones_like(i))[0])
   longest = max(len(s) for s in title_seqs)
   for prompt, (tokens, scores, lengths) in zip(ids, results):
     got = [tuple(int(x) for x in t[:n]) for t, n in zip(tokens, lengths)]
@@ -47,7 +48,8 @@ def test_renormalised_beams_are_the_catalog_restricted_log_probs(smollm2, ml100k
     # All titles in one causal forward, right-padded (padding only follows what is read).
     full = np.stack([np.concatenate([prompt, np.pad(np.asarray(seq, np.int32),
                                                     (0, longest - len(seq)))]) for seq in got])
-    logp = np.asarray(jax.nn.log_softmax(run(full)[:, len(prompt) - 1:], axis=-1), np.float64)
+    logits = run(smollm2.params, full)[:, len(prompt) - 1:]
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
     want = [sum(logp[r, t, x] - np.log(np.exp(logp[r, t, children(seq[:t])]).sum())
                 for t, x in enumerate(seq)) for r, seq in enumerate(got)]
     np.testing.assert_allclose(scores, want, atol=2e-3)  # float32 decode cache vs a forward

@@ -60,14 +60,15 @@ def test_kv_cache_decoding_matches_full_forward(smollm2, bigrec_prompts):
   cfg, params = smollm2.config, smollm2.params
   enc = smollm2.tokenizer(bigrec_prompts[1:3], return_tensors="np", padding=True)
   ids, mask = enc["input_ids"], enc["attention_mask"]
-  full, _ = forward(cfg, params, ids, mask)
+  # Jitted with the weights as an argument (closed over, they were folded into each program).
+  step = jax.jit(lambda p, c, i, m: forward(cfg, p, i, m, cache=c))
+  full, _ = step(params, None, ids, mask)
   split = ids.shape[1] - 3
   cache = init_cache(cfg, ids.shape[0], ids.shape[1] + 4)
-  step = jax.jit(lambda c, i, m: forward(cfg, params, i, m, cache=c))
-  prefill, cache = step(cache, ids[:, :split], mask[:, :split])
+  prefill, cache = step(params, cache, ids[:, :split], mask[:, :split])
   np.testing.assert_allclose(prefill[:, -1], full[:, split - 1], atol=1e-3)
   for t in range(split, ids.shape[1]):
-    out, cache = step(cache, ids[:, t:t + 1], mask[:, t:t + 1])
+    out, cache = step(params, cache, ids[:, t:t + 1], mask[:, t:t + 1])
     np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-3)
   assert int(cache["index"]) == ids.shape[1]
 
