@@ -156,7 +156,8 @@ def test_launcher_help_and_bad_input_exit_cleanly(tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--renormalize"], "need constrained decoding"),
     (["--constrained", "--assistant=sasrec"], "needs --assistant_scores"),
-    (["--constrained", "--assistant=mostpop", "--guidance=2"], "alpha must be in"),
+    (["--constrained", "--assistant=mostpop", "--guidance=2"],
+     "alpha 2 is not in [0, 1] for assistant=mostpop"),
 ])
 def test_launcher_catalog_aware_flags_are_checked_before_the_model_loads(tmp_path, flags,
                                                                          message):
