@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigrec_jax.generate import trie as trie_lib
 from bigrec_jax.model import llama
 
 Array = jax.Array
@@ -53,7 +54,8 @@ def title_log_likelihoods(config, params, prompt: Sequence[int],
   prompt = np.asarray(prompt, np.int32)
   keep = sorted((i for i, s in enumerate(sequences) if s), key=lambda i: len(sequences[i]))
   out = np.full((len(sequences),), -np.inf, np.float64)
-  siblings = None if trie_sequences is None else _children_by_prefix(trie_sequences)
+  trie = (None if trie_sequences is None
+          else trie_lib.children_of([t for t in trie_sequences if t], config.vocab_size))
   p = len(prompt)
   for start in range(0, len(keep), batch_size):
     chunk = keep[start:start + batch_size]
@@ -67,8 +69,7 @@ def title_log_likelihoods(config, params, prompt: Sequence[int],
       ids[b, pad:pad + p] = prompt
       ids[b, pad + p:] = seq
       mask[b, pad:] = 1
-    allowed = None if siblings is None else _allowed_tokens(siblings, [sequences[i] for i in rows],
-                                                            width)
+    allowed = None if trie is None else _allowed_tokens(trie, [sequences[i] for i in rows], width)
     arrays = (ids, mask, allowed)
     if sharding is not None:
       arrays = jax.device_put(arrays, sharding)
@@ -78,20 +79,17 @@ def title_log_likelihoods(config, params, prompt: Sequence[int],
   return out
 
 
-def _children_by_prefix(sequences: Sequence[Sequence[int] | None]) -> dict[tuple, list[int]]:
-  """prefix -> the tokens that follow it in some sequence (the trie's children of its node)."""
-  children: dict[tuple, set] = {}
-  for seq in sequences:
-    for t in range(len(seq or ())):
-      children.setdefault(tuple(seq[:t]), set()).add(int(seq[t]))
-  return {k: sorted(v) for k, v in children.items()}
-
-
-def _allowed_tokens(siblings: dict[tuple, list[int]], rows: Sequence[Sequence[int]],
+def _allowed_tokens(trie: list[dict[int, int]], rows: Sequence[Sequence[int]],
                     width: int) -> np.ndarray:
   """[B, width, W] int32: the trie's tokens before each (right-aligned) token, -1 padding; W a
-  power of two (few compiled shapes)."""
-  lists = [[siblings[tuple(seq[:t])] for t in range(len(seq))] for seq in rows]
+  power of two (few compiled shapes). trie: trie.children_of's {token: child} per node."""
+  lists = []
+  for seq in rows:
+    node, steps = 0, []
+    for tok in seq:
+      steps.append(list(trie[node]))
+      node = trie[node][int(tok)]
+    lists.append(steps)
   most = max(len(c) for row in lists for c in row)
   w = 1 << (most - 1).bit_length()
   out = np.full((len(rows), width, w), -1, np.int32)

@@ -45,7 +45,7 @@ class TrieTables(NamedTuple):
     return self.num_nodes - 1
 
 
-def _children(sequences: Sequence[Sequence[int]], vocab_size: int) -> list[dict[int, int]]:
+def children_of(sequences: Sequence[Sequence[int]], vocab_size: int) -> list[dict[int, int]]:
   """The trie as {token: child} per node, nodes numbered in insertion order (0 = root)."""
   children: list[dict[int, int]] = [{}]
   for seq in sequences:
@@ -66,7 +66,7 @@ def _children(sequences: Sequence[Sequence[int]], vocab_size: int) -> list[dict[
 def build_tables(sequences: Sequence[Sequence[int]], vocab_size: int,
                  max_sparse_width: int = 16) -> TrieTables:
   """Tables (numpy) for the prefix trie of token sequences (each should end with EOS)."""
-  children = _children(sequences, vocab_size)
+  children = children_of(sequences, vocab_size)
   children.append({})  # sink
   num = len(children)
   branching = np.array([len(c) for c in children])
@@ -145,7 +145,7 @@ def node_ranges(sequences: Sequence[Sequence[int] | None], vocab_size: int
   shared by several items are adjacent there and end on the same leaf.
   """
   present = [i for i, s in enumerate(sequences) if s is not None]
-  children = _children([sequences[i] for i in present], vocab_size)
+  children = children_of([sequences[i] for i in present], vocab_size)
   order = np.asarray(sorted(present, key=lambda i: list(sequences[i])), np.int64)
   num = len(children) + 1  # + the sink
   lo = np.zeros((num,), np.int32)
