@@ -9,7 +9,6 @@ the history-free prompt (and, with rows, the mean over their prompts), and a con
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -67,16 +66,21 @@ def test_catalog_prior_is_the_softmax_of_log_likelihoods():
     prior_lib.catalog_prior(np.full(3, -np.inf))
 
 
-def _restricted_scores(run, prompt, seqs) -> np.ndarray:
-  """[len(seqs)] each title's log-prob after `prompt`, every step renormalised over the titles'
-  trie children: all titles in one jitted causal forward, right-padded (padding only follows)."""
-  longest = max(len(s) for s in seqs)
-  full = np.stack([np.concatenate([prompt, np.pad(np.asarray(s, np.int32), (0, longest - len(s)))])
-                   for s in seqs])
-  logp = np.asarray(jax.nn.log_softmax(run(full)[:, len(prompt) - 1:], axis=-1), np.float64)
+def _restricted_scores(run, prompts, seqs) -> np.ndarray:
+  """[len(prompts), len(seqs)] each title's log-prob after each prompt, every step renormalised
+  over the titles' trie children: every (prompt, title) pair in one jitted causal forward (one
+  compile), prompts left-padded (positions count from the first real token) and titles
+  right-padded (padding only follows)."""
+  width, longest = max(len(p) for p in prompts), max(len(s) for s in seqs)
+  ids = np.stack([np.concatenate([np.zeros(width - len(p), np.int32), p,
+                                  np.pad(np.asarray(s, np.int32), (0, longest - len(s)))])
+                  for p in prompts for s in seqs])
+  mask = np.stack([np.arange(width + longest) >= width - len(p) for p in prompts for _ in seqs])
+  logp = np.asarray(jax.nn.log_softmax(run(ids, mask)[:, width - 1:], axis=-1), np.float64)
+  logp = logp.reshape(len(prompts), len(seqs), *logp.shape[1:])
   children = lambda pre: sorted({s[len(pre)] for s in map(tuple, seqs) if s[:len(pre)] == pre})
-  return np.array([sum(logp[r, t, x] - np.log(np.exp(logp[r, t, children(tuple(s[:t]))]).sum())
-                       for t, x in enumerate(s)) for r, s in enumerate(seqs)])
+  return np.array([[sum(lp[r, t, x] - np.log(np.exp(lp[r, t, children(tuple(s[:t]))]).sum())
+                        for t, x in enumerate(s)) for r, s in enumerate(seqs)] for lp in logp])
 
 
 def _softmax(x):
@@ -101,13 +105,15 @@ def test_smollm2_prior_and_contrastive_beams(smollm2, real_rows):
                             renormalize=True, assistant="llm_prior", guidance=2.0)
   generator = Generator(smollm2, options, titles=catalog)
   seqs = trie_lib.title_sequences(tok, catalog)
-  run = jax.jit(lambda i: forward(smollm2.config, smollm2.params, i, jnp.ones_like(i))[0])
+  # weights as an argument, not a closure: captured, they would be folded into the program
+  jitted = jax.jit(lambda p, i, m: forward(smollm2.config, p, i, m)[0])
+  run = lambda i, m: jitted(smollm2.params, i, m)
   free = np.asarray(tok(options.prompt_format.history_free_prompt())["input_ids"], np.int32)
-  q = generator.catalog_prior()
-  np.testing.assert_allclose(q, _softmax(_restricted_scores(run, free, seqs)), rtol=2e-3)
   rows = real_rows[:2]
   ids = generator.prompt_ids(rows)
-  by_row = [_restricted_scores(run, prompt, seqs) for prompt in ids]
+  free_scores, *by_row = _restricted_scores(run, [free, *map(np.asarray, ids)], seqs)
+  q = generator.catalog_prior()
+  np.testing.assert_allclose(q, _softmax(free_scores), rtol=2e-3)
   # The marginal over real users (prior_rows): the mean of each row's catalog distribution
   # (the rows' prompts from their text: their item ids belong to the full catalog).
   text_rows = [{k: v for k, v in r.items() if k != "history_item_ids"} for r in rows]
