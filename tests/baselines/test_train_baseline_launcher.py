@@ -67,7 +67,8 @@ def test_sasrec_data_parallel_on_8_fake_devices(rule_dir, tmp_path):
   """The batch is laid out over the mesh's data axis; the run must work with 8 devices."""
   result = launch("--model=sasrec", f"--data_dir={rule_dir}", f"--workdir={tmp_path}",
                   "--config.train.max_epochs=1", "--config.train.batch_size=100",
-                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+                                    + os.environ.get("XLA_FLAGS", ""),
                        "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
   info = json.loads((tmp_path / "run.json").read_text())

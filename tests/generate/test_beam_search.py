@@ -194,7 +194,8 @@ def test_beam_search_matches_transformers_on_a_tiny_model(tmp_path, num_beams, l
 
 _SHARDED = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
+                               + os.environ.get("XLA_FLAGS", ""))
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     from bigrec_jax import parallel

@@ -253,7 +253,8 @@ def test_levers_need_the_trie(params):
 
 _SHARDED = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
+                               + os.environ.get("XLA_FLAGS", ""))
     import jax, jax.numpy as jnp, numpy as np
     from bigrec_jax import parallel
     from bigrec_jax.generate import beam_search, guide as guide_lib, trie as trie_lib

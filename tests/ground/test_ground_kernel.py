@@ -120,7 +120,8 @@ def test_metrics_match_the_reference_loops(single_device):
 
 def test_eight_sharded_devices_give_identical_results(single_device, tmp_path):
   out = tmp_path / "sharded.npz"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8 " + os.environ.get("XLA_FLAGS", ""),
              PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(os.path.dirname(HERE))]))
   proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_worker.py"), str(out)],
                         env=env, capture_output=True, text=True, timeout=600)
