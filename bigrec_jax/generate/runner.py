@@ -197,6 +197,8 @@ class Generator:
     if self.ranges is None:
       return None
     excluded = history_exclusions(rows, o.exclude_history, data_dir, source)
+    if excluded is not None:
+      excluded = same_title_ids(excluded, self.titles)
     probs = None
     if o.assistant == "mostpop":
       if data_dir is None:
@@ -395,7 +397,8 @@ def check_alpha(assistant: str, alpha: float, name: str) -> None:
 
 def history_exclusions(rows: Sequence[dict], mode: str, data_dir: str | None,
                        source: str) -> list[list[int]] | None:
-  """Per row, the item ids its user already interacted with (None for mode 'none').
+  """Per row, the item ids its user already interacted with (None for mode 'none'); the
+  Generator adds the other ids of their titles (`same_title_ids`).
 
   shown: the row's `history_item_ids`; all_past: those and every history item and target of the
   user's prepared examples (train, valid, test splits) whose target time is before the row's.
@@ -414,6 +417,20 @@ def history_exclusions(rows: Sequence[dict], mode: str, data_dir: str | None,
   if data_dir is None:
     raise UserError("exclude_history=all_past needs the prepared data directory (--items)")
   return [sorted(set(s) | set(p)) for s, p in zip(shown, _past_items(rows, data_dir))]
+
+
+def same_title_ids(excluded: Sequence[Sequence[int]], titles: Sequence[str]) -> list[list[int]]:
+  """Each row's excluded ids with every other id of the same title added.
+
+  The search writes titles, not ids: ML-100K lists some films under two ids (Fly Away Home is
+  303 and 499), and leaving out only the watched id would let the search write the watched
+  title all the same, through the other one.
+  """
+  by_title: dict[str, list[int]] = {}
+  for i, t in enumerate(titles):
+    by_title.setdefault(t, []).append(i)
+  return [sorted({j for i in ids if 0 <= i < len(titles) for j in by_title[titles[i]]} |
+                 {int(i) for i in ids}) for ids in excluded]
 
 
 def _past_items(rows: Sequence[dict], data_dir: str) -> list[list[int]]:
