@@ -36,11 +36,12 @@ def test_demo_reference_differs_from_demo_only_in_the_recipe():
   for section in ("data", "train", "generate"):
     for field in demo[section]:
       if field in ("train_on_inputs", "learning_rate", "warmup_steps", "max_new_tokens",
-                   "constrained", "stop_at_closing_quote"):
+                   "constrained", "stop_at_closing_quote", "prompt_template", "exclude_history"):
         continue
       assert ref[section][field] == demo[section][field], (section, field)
   assert ref.data.train_on_inputs and ref.train.learning_rate == 3e-4
   assert not ref.generate.constrained and ref.generate.max_new_tokens == 32
+  assert ref.data.prompt_template == "alpaca" and ref.generate.exclude_history == "none"
 
 
 @pytest.mark.parametrize("preset", sorted(importlib.import_module("configs.presets").PRESETS))
