@@ -8,7 +8,10 @@ the history-free prompt (and, with rows, the mean over their prompts), and a con
 """
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,11 +24,17 @@ CONFIG = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=48, num_la
                      bos_token_id=None)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_forward(config, params, ids):
+  """A plain forward, jitted once per length (run eagerly, the layer scan compiles every call)."""
+  return forward(config, params, ids, jnp.ones_like(ids))[0]
+
+
 def _forward_log_likelihood(config, params, prompt, seq, trie=None) -> float:
   """log p(seq | prompt) from one plain forward over prompt + seq; with `trie` (sequences),
   each step renormalised over the tokens that follow its prefix in some trie sequence."""
   ids = np.concatenate([prompt, seq]).astype(np.int32)[None]
-  logits, _ = forward(config, params, ids, np.ones_like(ids))
+  logits = _jitted_forward(config, params, ids)
   logp = np.asarray(jax.nn.log_softmax(logits[0, len(prompt) - 1:-1], axis=-1), np.float64)
   total = 0.0
   for t, x in enumerate(seq):
