@@ -152,13 +152,14 @@ def _tier(item) -> str:
 
 
 def pytest_configure(config):
-  # Compiling is a large share of the suite's time (a beam search over a tiny model compiles for
-  # ~7 s on the 2-core CPU, ~3 s here), and XLA:CPU's LLVM optimisation is most of it. Without
-  # it a mix of tiny-model and real-SmolLM2 test files (test_guide, test_stop_at_quote,
-  # test_llama, test_train_step) ran in 358 s against 457 s: the real model's programs run a bit
-  # slower, but most programs here run once or a few times. Set before any backend starts, and
-  # inherited by the launchers and workers the tests start; an XLA_FLAGS that already chooses
-  # an optimisation level is left as it is.
+  # Compiling is a large share of the suite's time (on the 2-core CPU a beam search over a tiny
+  # model compiles in ~7 s with XLA:CPU's LLVM optimisation, ~3 s without). Without it a mix of
+  # tiny-model and real-SmolLM2 test files (test_guide, test_stop_at_quote, test_llama,
+  # test_train_step) ran in 358 s against 457 s: the real model's programs run a bit slower, but
+  # most programs here run once or a few times. The exception, trainings of thousands of steps,
+  # turn it back on in a process of their own (baselines/conftest.py). Set before any backend
+  # starts and inherited by the launchers and workers the tests start; an XLA_FLAGS that already
+  # chooses an optimisation level is left as it is.
   flags = os.environ.get("XLA_FLAGS", "")
   if "optimization_level" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
