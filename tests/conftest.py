@@ -169,6 +169,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"{name}: {what}")
 
 
+# The longest files, longest first (seconds in one process, 2026-12-01): the two xdist workers
+# take whole files in collection order, so these start first and the short ones fill in at the
+# end, instead of one worker finishing alone on a long file while the other idles.
+_LONGEST_FILES = ("test_pipeline.py", "test_prior.py", "test_guide.py", "test_beam_search.py",
+                  "test_train_step.py", "test_hf_parity.py", "test_dros.py", "test_bench.py",
+                  "test_hf_parity_constrained.py", "test_train_full_resume.py",
+                  "test_train_full.py", "test_finetuned.py", "test_train_resume.py")
+
+
 def pytest_collection_modifyitems(config, items):
   for item in items:
     item.add_marker(getattr(pytest.mark, _tier(item)))
+  first = {name: i for i, name in enumerate(_LONGEST_FILES)}
+  items.sort(key=lambda item: first.get(os.path.basename(str(item.fspath)), len(first)))
