@@ -6,7 +6,7 @@ prompt shows, the target a model learns and the text grounding embeds are the sa
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -63,9 +63,15 @@ def title_group_ids(titles: Sequence[str]) -> np.ndarray:
   return np.asarray([first.setdefault(t, i) for i, t in enumerate(titles)], dtype=np.int64)
 
 
-def duplicate_titles(titles: Sequence[str]) -> dict[str, list[int]]:
-  """Titles carried by more than one item id -> those ids."""
+def ids_by_title(titles: Sequence[str],
+                 key: Callable[[str], str] | None = None) -> dict[str, list[int]]:
+  """Each title (or `key(title)`) -> the item ids that carry it, in id order."""
   ids: dict[str, list[int]] = {}
   for i, t in enumerate(titles):
-    ids.setdefault(t, []).append(i)
-  return {t: v for t, v in ids.items() if len(v) > 1}
+    ids.setdefault(t if key is None else key(t), []).append(i)
+  return ids
+
+
+def duplicate_titles(titles: Sequence[str]) -> dict[str, list[int]]:
+  """Titles carried by more than one item id -> those ids."""
+  return {t: v for t, v in ids_by_title(titles).items() if len(v) > 1}

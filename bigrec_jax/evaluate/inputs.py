@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from bigrec_jax.data import prepared, prompts
+from bigrec_jax.data import titles as titles_lib
 from bigrec_jax import files
 from bigrec_jax.files import UserError, read_json, read_npy
 
@@ -39,10 +40,8 @@ class Catalog:
 def read_catalog(prepared_dir: str) -> Catalog:
   """The prepared catalog (data.prepared checks it), grouped by cleaned title."""
   titles = prepared.read_items(prepared_dir)
-  ids_by_title: dict[str, list[int]] = {}
-  for i, t in enumerate(titles):
-    ids_by_title.setdefault(clean_text(t), []).append(i)
-  return Catalog(os.path.join(prepared_dir, "items.tsv"), titles, ids_by_title)
+  return Catalog(os.path.join(prepared_dir, "items.tsv"), titles,
+                 titles_lib.ids_by_title(titles, key=clean_text))
 
 
 def read_popularity(prepared_dir: str, num_items: int) -> np.ndarray:

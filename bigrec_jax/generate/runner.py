@@ -32,6 +32,7 @@ import numpy as np
 
 from bigrec_jax import files, parallel
 from bigrec_jax.data import prompts as prompts_lib
+from bigrec_jax.data import titles as titles_lib
 from bigrec_jax.data import tokenize as tokenize_lib
 from bigrec_jax.files import UserError
 from bigrec_jax.generate import beam_search, decoder, guide as guide_lib, prior as prior_lib
@@ -426,9 +427,7 @@ def same_title_ids(excluded: Sequence[Sequence[int]], titles: Sequence[str]) -> 
   303 and 499), and leaving out only the watched id would let the search write the watched
   title all the same, through the other one.
   """
-  by_title: dict[str, list[int]] = {}
-  for i, t in enumerate(titles):
-    by_title.setdefault(t, []).append(i)
+  by_title = titles_lib.ids_by_title(titles)
   return [sorted({j for i in ids if 0 <= i < len(titles) for j in by_title[titles[i]]} |
                  {int(i) for i in ids}) for ids in excluded]
 
