@@ -162,3 +162,11 @@ def test_title_cleaning():
   assert titles.title_problem("A\tB") and titles.title_problem('"A"') and titles.title_problem("")
   assert titles.title_problem('12" Figure') is None  # inner quotes are allowed
   assert titles.title_group_ids(["A", "B", "A", "C", "B"]).tolist() == [0, 1, 0, 3, 1]
+
+
+def test_ids_by_title_groups_ids_in_order_under_a_key():
+  names = ["A", "B", '"A"', "C", "B"]
+  assert titles.ids_by_title(names) == {"A": [0], "B": [1, 4], '"A"': [2], "C": [3]}
+  assert titles.ids_by_title(names, key=lambda t: t.strip('"')) == {
+      "A": [0, 2], "B": [1, 4], "C": [3]}
+  assert titles.duplicate_titles(names) == {"B": [1, 4]}
