@@ -169,13 +169,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"{name}: {what}")
 
 
-# The longest files, longest first (seconds in one process, 2026-12-01): the two xdist workers
+# The longest files, longest first (worker seconds, 2026-12-02 evening, junit): the two xdist workers
 # take whole files in collection order, so these start first and the short ones fill in at the
 # end, instead of one worker finishing alone on a long file while the other idles.
-_LONGEST_FILES = ("test_pipeline.py", "test_prior.py", "test_guide.py", "test_beam_search.py",
-                  "test_train_step.py", "test_hf_parity.py", "test_dros.py", "test_bench.py",
-                  "test_hf_parity_constrained.py", "test_train_full_resume.py",
-                  "test_train_full.py", "test_finetuned.py", "test_train_resume.py")
+_LONGEST_FILES = ("test_pipeline.py", "test_train_full_resume.py", "test_bench.py",
+                  "test_launcher_bad_input.py", "test_train_resume.py", "test_hf_parity_train.py",
+                  "test_train_step.py", "test_train_full.py", "test_hf_parity.py", "test_dros.py",
+                  "test_train_full_mesh.py", "test_hf_parity_constrained.py",
+                  "test_train_baseline_launcher.py", "test_catalog_shards.py", "test_guide.py",
+                  "test_prior.py", "test_beam_search.py", "test_finetuned.py")
 
 
 def pytest_collection_modifyitems(config, items):
