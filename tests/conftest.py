@@ -169,7 +169,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"{name}: {what}")
 
 
-# The longest files, longest first (worker seconds, 2026-12-02 evening, junit): the two xdist workers
+# The longest files, longest first (worker seconds, junit, 2026-12-02 evening): the two workers
 # take whole files in collection order, so these start first and the short ones fill in at the
 # end, instead of one worker finishing alone on a long file while the other idles.
 _LONGEST_FILES = ("test_pipeline.py", "test_train_full_resume.py", "test_bench.py",
