@@ -228,6 +228,10 @@ def _check_train(config) -> None:
   if d.prompt_template not in TEMPLATES:
     raise UserError(f"--config.data.prompt_template={d.prompt_template!r}: choose from "
                     f"{TEMPLATES}")
+  from bigrec_jax.train.optimizer import SCHEDULES
+
+  if t.schedule not in SCHEDULES:
+    raise UserError(f"--config.train.schedule={t.schedule!r}: choose from {SCHEDULES}")
   non_negative = {"train.warmup_steps": t.warmup_steps, "train.weight_decay": t.weight_decay,
                   "train.max_grad_norm": t.max_grad_norm,
                   "train.early_stopping_patience": t.early_stopping_patience,

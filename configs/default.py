@@ -75,6 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.mode = "lora"
   c.train.learning_rate = 1e-4
   c.train.warmup_steps = 20
+  # Rate after warm-up: linear decay to 0 (HF Trainer's default, the reference) | cosine | constant.
+  c.train.schedule = "linear"
   c.train.weight_decay = 0.0
   c.train.max_grad_norm = 0.0  # 0 = no clipping (HF Trainer clips at 1.0 when asked)
   c.train.micro_batch_size = 4  # per data-parallel replica

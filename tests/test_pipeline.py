@@ -211,6 +211,7 @@ def test_every_launcher_answers_help(launcher, launcher_forks):
     (["--config.lora.targets=('q_proj','qkv')"], "qkv"),
     (["--config.ground.ks=(10,5)"], "ks"),
     (["--config.model.kernels=triton"], "--config.model.kernels must be one of"),
+    (["--config.train.schedule=step"], "--config.train.schedule='step': choose from"),
     (["--config.ground.beams=5"], "--config.ground.beams=5: must be in 1..num_return_sequences"),
     (["--force_stage=bake"], "bake"),
     ([], "--workdir"),

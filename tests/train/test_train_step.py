@@ -261,6 +261,28 @@ def test_schedule_matches_hf_linear_warmup():
     sched.step()
 
 
+@pytest.mark.parametrize("kind", ["cosine", "constant"])
+def test_other_schedules_match_hf(kind):
+  """train.schedule=cosine|constant: HF's get_{kind}_schedule_with_warmup, update by update."""
+  import torch
+  from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+  lr, warmup, total = 3e-4, 5, 64
+  torch_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+  sched = (get_cosine_schedule_with_warmup(torch_opt, warmup, total) if kind == "cosine"
+           else get_constant_schedule_with_warmup(torch_opt, warmup))
+  ours = opt_lib.warmup_schedule(kind, lr, warmup, total)
+  rates = []
+  for k in range(total + 2):
+    rates.append(float(ours(k)))
+    # float32 cosine: absolute error ~1e-5 of lr near the end, where the rate is near 0
+    np.testing.assert_allclose(rates[-1], sched.get_last_lr()[0], rtol=1e-5, atol=lr * 1e-5)
+    torch_opt.step()
+    sched.step()
+  linear = opt_lib.warmup_schedule("linear", lr, warmup, total)
+  assert any(abs(r - float(linear(k))) > 1e-6 for k, r in enumerate(rates))
+
+
 def test_real_smollm2_loss_drops_in_a_few_steps(smollm2, bigrec_prompts, mesh):
   """Five steps on two short real prompts (2 x 32 tokens) lower the training loss."""
   tok = smollm2.tokenizer
