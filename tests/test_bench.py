@@ -106,3 +106,19 @@ def test_shared_cpu_neighbour_holds_one_core_and_stops():
 def test_neighbour_choice_is_checked(tmp_path):
   r = _bench("--quick", "--neighbour=two_cores", f"--out={tmp_path / 'b.json'}", timeout=120)
   assert r.returncode != 0 and "neighbour" in r.stderr
+
+
+def test_a_side_whose_worker_fails_is_reported_not_a_traceback(tmp_path):
+  # A worker that dies at start (here XLA refuses an unknown flag) leaves its side without a
+  # "sides" record; the table must still name the side, its error and the worker's last line.
+  out = tmp_path / "b.json"
+  env = dict(os.environ, XLA_FLAGS="--xla_cpu_no_such_flag=true")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "--quick",
+                      "--sides=jax", "--tasks=ground", f"--out={out}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "jax: error: worker exited with status" in r.stdout, r.stdout[-2000:]
+  record = json.loads(out.read_text())
+  entries = [e for es in record["tasks"].values() for e in es]
+  assert entries and all(e["jax"]["status"] == "error" for e in entries)
+  assert all("xla_cpu_no_such_flag" in e["jax"]["reason"] for e in entries)

@@ -267,7 +267,9 @@ def _mib(x) -> str:
 
 
 def format_table(record: dict[str, Any]) -> str:
-  sides = [s for s in SIDES if s in record["sides"]] or list(SIDES)
+  # The sides that ran (a failed side has an error entry but no "sides" record).
+  entries = [e for es in record["tasks"].values() for e in es]
+  sides = [s for s in SIDES if s in record["sides"] or any(s in e for e in entries)]
   flops = record["options"]["flops"]
   gpu = any((d or {}).get("platform") == "gpu" for d in record["device"].values())
   head = ["task", "case", "metric"] + sides + ["jax/torch"]
@@ -289,8 +291,8 @@ def format_table(record: dict[str, Any]) -> str:
           else:
             row.append(rec.get("status", "-"))
             if m == PRIMARY[task][0]:
-              notes.append(f"{task} {e['case']} {s}: {rec.get('status')}: "
-                           f"{str(rec.get('reason', '')).splitlines()[0][:160]}")
+              reason = (str(rec.get("reason") or "no result").splitlines() or [""])[0]
+              notes.append(f"{task} {e['case']} {s}: {rec.get('status')}: {reason[:160]}")
         r = e["ratio_jax_over_torch"].get(m)
         row.append("-" if r is None else f"{r:.2f}x")
         if flops:
