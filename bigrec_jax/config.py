@@ -117,6 +117,10 @@ def _check_pipeline(config) -> None:
   if d.valid_size < 0:
     raise UserError(f"--config.data.valid_size={d.valid_size}: must be >= 0 (0: "
                     "valid_test_size)")
+  # The default `seeds` is empty, so the flag parser cannot infer its element type: check here.
+  if not all(isinstance(s, int) and not isinstance(s, bool) for s in config.seeds):
+    raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: expected a "
+                    "comma-separated list of integers, e.g. --config.seeds=0,1,2")
   if len(set(config.seeds)) != len(config.seeds):
     raise UserError(f"--config.seeds={','.join(map(str, config.seeds))}: a seed is repeated (each "
                     "seed is one run under workdir/seed_<s>)")

@@ -574,12 +574,13 @@ def _json_block(obj: Any) -> str:
 
 def run_seeds(config: ml_collections.ConfigDict, workdir: str,
               log: Callable[[str], None] = print) -> dict:
-  """One run for `config.seed`, or one per entry of `config.seeds` plus a mean/spread report."""
-  seeds = list(config.seeds) if len(config.seeds) > 1 else None
-  if not seeds:
+  """One run for `config.seed` (`seeds` empty or one seed, which then is the run's seed), or one
+  per entry of `config.seeds` under workdir/seed_<s> plus a mean/spread report."""
+  if len(config.seeds) <= 1:
     if len(config.seeds) == 1:
       config.seed = int(config.seeds[0])
     return run_pipeline(config, workdir, log)
+  seeds = list(config.seeds)
   out = {}
   for seed in seeds:
     c = copy.deepcopy(config)

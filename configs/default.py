@@ -164,7 +164,9 @@ def get_config() -> ml_collections.ConfigDict:
   # NAME=WORKDIR of finished runs on the same test rows shown beside this one in report.md
   # (e.g. "reference recipe=runs/demo_reference"): the quality ablation.
   c.pipeline.compare = ()
-  c.seeds = (0,)  # several seeds: one run each under workdir/seed_<s>, mean and spread reported
+  # Several seeds: one run each under workdir/seed_<s>, mean and spread reported. Empty: the one
+  # run of `seed` (so `--config.seed=1` alone is not overridden by a default list).
+  c.seeds = ()
   # Locked: setting a field this file does not define (a misspelling, in a config file or on the
   # command line) is an error naming it and its close matches; values can still change.
   c.lock()

@@ -261,6 +261,29 @@ def test_same_config_and_seed_reproduce_bit_identical_outputs(tiny_run, tmp_path
   assert metrics(first) == metrics(second)
 
 
+def test_run_seeds_keeps_config_seed_unless_seeds_lists_several(monkeypatch, tmp_path):
+  """`--config.seed=1` alone runs seed 1 (the default `seeds` is empty, not (0,)); one listed
+  seed is that run's seed in the workdir itself; several get a workdir/seed_<s> each."""
+  from bigrec_jax import pipeline
+  from configs import default
+
+  runs = []
+  monkeypatch.setattr(pipeline, "run_pipeline", lambda c, w, log: runs.append((c.seed, w)))
+  monkeypatch.setattr(pipeline, "write_seed_report", lambda w, seeds: None)
+  c = default.get_config()
+  assert tuple(c.seeds) == ()
+  c.seed = 1
+  pipeline.run_seeds(c, str(tmp_path))
+  c = default.get_config()
+  c.seeds = (2,)
+  pipeline.run_seeds(c, str(tmp_path))
+  c = default.get_config()
+  c.seeds = (3, 4)
+  pipeline.run_seeds(c, str(tmp_path))
+  assert runs == [(1, str(tmp_path)), (2, str(tmp_path)), (3, str(tmp_path / "seed_3")),
+                  (4, str(tmp_path / "seed_4"))]
+
+
 def test_multi_seed_report_gives_mean_and_spread(tiny_run, tmp_path):
   """Two seeds with different numbers: the report's mean and (population) std are theirs."""
   import shutil
