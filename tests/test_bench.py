@@ -119,6 +119,7 @@ def test_a_side_whose_worker_fails_is_reported_not_a_traceback(tmp_path):
   assert "Traceback" not in r.stderr, r.stderr[-2000:]
   assert "jax: error: worker exited with status" in r.stdout, r.stdout[-2000:]
   record = json.loads(out.read_text())
+  assert record["machine"]["xla_flags"] == "--xla_cpu_no_such_flag=true"
   entries = [e for es in record["tasks"].values() for e in es]
   assert entries and all(e["jax"]["status"] == "error" for e in entries)
   assert all("xla_cpu_no_such_flag" in e["jax"]["reason"] for e in entries)

@@ -88,7 +88,9 @@ def host_info() -> dict[str, Any]:
     pass
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "platform": platform.platform(), "ram_available_bytes": available_ram_bytes(),
-          "load_average": list(os.getloadavg()), "allocator": host.describe_malloc()}
+          "load_average": list(os.getloadavg()), "allocator": host.describe_malloc(),
+          # XLA:CPU flags move the JAX side's times (bigrec_jax/bench/results/README.md).
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def package_versions(names: list[str]) -> dict[str, str | None]:
