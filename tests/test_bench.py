@@ -11,9 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = {"train", "beam", "embed", "ground"}
 
 
-def _bench(*args, timeout=900):
+def _bench(*args, timeout=900, env=None):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_quick_bench_writes_well_formed_json(tmp_path):
@@ -113,9 +113,7 @@ def test_a_side_whose_worker_fails_is_reported_not_a_traceback(tmp_path):
   # "sides" record; the table must still name the side, its error and the worker's last line.
   out = tmp_path / "b.json"
   env = dict(os.environ, XLA_FLAGS="--xla_cpu_no_such_flag=true")
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "bench.py"), "--quick",
-                      "--sides=jax", "--tasks=ground", f"--out={out}"],
-                     cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  r = _bench("--quick", "--sides=jax", "--tasks=ground", f"--out={out}", timeout=300, env=env)
   assert "Traceback" not in r.stderr, r.stderr[-2000:]
   assert "jax: error: worker exited with status" in r.stdout, r.stdout[-2000:]
   record = json.loads(out.read_text())

@@ -267,9 +267,9 @@ def _mib(x) -> str:
 
 
 def format_table(record: dict[str, Any]) -> str:
-  # The sides that ran (a failed side has an error entry but no "sides" record).
+  # The sides that ran, from the entries: a failed side has an error entry but no "sides" record.
   entries = [e for es in record["tasks"].values() for e in es]
-  sides = [s for s in SIDES if s in record["sides"] or any(s in e for e in entries)]
+  sides = [s for s in SIDES if any(s in e for e in entries)]
   flops = record["options"]["flops"]
   gpu = any((d or {}).get("platform") == "gpu" for d in record["device"].values())
   head = ["task", "case", "metric"] + sides + ["jax/torch"]
@@ -291,7 +291,7 @@ def format_table(record: dict[str, Any]) -> str:
           else:
             row.append(rec.get("status", "-"))
             if m == PRIMARY[task][0]:
-              reason = (str(rec.get("reason") or "no result").splitlines() or [""])[0]
+              reason = str(rec.get("reason") or "no result").splitlines()[0]
               notes.append(f"{task} {e['case']} {s}: {rec.get('status')}: {reason[:160]}")
         r = e["ratio_jax_over_torch"].get(m)
         row.append("-" if r is None else f"{r:.2f}x")
