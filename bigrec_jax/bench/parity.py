@@ -24,8 +24,10 @@ counts): the hypothesis ends at that token and is scored over that length on bot
 decodes the very prompt ids our runner decoded (left-padded per batch). Compared per row: the
 best beam (tokens), all returned beams in order, and the scores of matching beams.
 
-The catalog-aware decoding levers (renormalisation, history exclusion, assistants) have no HF
-counterpart and are turned off here.
+History exclusion (the demo's `exclude_history`) is compared too: HF's `prefix_allowed_tokens_fn`
+gets the batch index of each beam, so the reference walks a per-row trie built from the catalog
+titles less the row's excluded ones (the ids our Generator excludes, `same_title_ids` included).
+Renormalisation and assistants have no HF counterpart and are turned off here.
 """
 from __future__ import annotations
 
@@ -57,8 +59,7 @@ def parity_config(config, matmul_dtype: str = "float32"):
     config.model.matmul_dtype = matmul_dtype
     config.train.resume = False
     g = config.generate
-    for name, off in (("renormalize", False), ("exclude_history", "none"),
-                      ("assistant", "none"), ("guidance", 1.0)):
+    for name, off in (("renormalize", False), ("assistant", "none"), ("guidance", 1.0)):
       if name in g:
         g[name] = off
   return config
@@ -347,10 +348,12 @@ def compare_beams(ours: list[list[tuple]], ref: list[list[tuple]]) -> dict[str, 
 
 def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir: str, *,
                     adapter: str | None = None, model=None, torch_threads: int = 0,
-                    timeout: float | None = None, parallel: bool = False) -> dict[str, Any]:
+                    timeout: float | None = None, parallel: bool = False,
+                    data_dir: str | None = None) -> dict[str, Any]:
   """Both sides of the generation check (config: `parity_config`; `model`: our model with the
   adapter already merged, else loaded and merged here); the comparison. parallel: the
-  reference generates while ours does (as in `train_parity`)."""
+  reference generates while ours does (as in `train_parity`). data_dir: the prepared directory
+  (`exclude_history=all_past` reads the user's earlier examples there)."""
   from bigrec_jax.data import prompts
   from bigrec_jax.generate import beam_search, runner, trie as trie_lib
 
@@ -369,16 +372,25 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
       early_stopping=bool(g.get("early_stopping", False)), constrained=g.constrained,
       stop_at_closing_quote=g.stop_at_closing_quote,
       share_prompt_prefix=g.get("share_prompt_prefix", True), progress=False,
-      prompt_format=fmt)
+      prompt_format=fmt, exclude_history=g.get("exclude_history", "none"))
   generator = runner.Generator(model, options, titles=list(titles))
   sc = generator.search_config
   ids = generator.prompt_ids(rows)
+  guidance = generator.row_guidance(rows, data_dir=data_dir)
   quote_counts = beam_search.token_quote_counts(model.tokenizer, model.config.vocab_size)
-  sequences = (trie_lib.title_sequences(model.tokenizer, list(titles),
-                                        context=fmt.trie_context(), eos_token_id=sc.eos_token_id)
-               if options.constrained else [])
+  sequences, excluded = [], []
+  if options.constrained:
+    by_item = trie_lib.title_sequences_by_item(model.tokenizer, list(titles),
+                                               context=fmt.trie_context(),
+                                               eos_token_id=sc.eos_token_id)
+    position = np.cumsum([s is not None for s in by_item]) - 1  # item id -> index in sequences
+    sequences = [s for s in by_item if s is not None]
+    if guidance is not None and guidance.excluded is not None:
+      excluded = [sorted({int(position[i]) for i in row if by_item[i] is not None})
+                  for row in guidance.excluded]
   job = {"model": _model_path(config), "adapter": adapter, "prompts": [p.tolist() for p in ids],
-         "trie_sequences": sequences, "quote_counts": quote_counts.tolist(),
+         "trie_sequences": sequences, "excluded_sequences": excluded,
+         "quote_counts": quote_counts.tolist(),
          "batch_size": int(g.batch_size), "threads": torch_threads,
          "search": {"num_beams": sc.num_beams, "num_return_sequences": sc.num_return_sequences,
                     "max_new_tokens": sc.max_new_tokens, "length_penalty": sc.length_penalty,
@@ -388,7 +400,7 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
   handle = _start_torch("generate", job, workdir) if parallel else None
   try:
     started = time.time()
-    results = generator.generate_ids(ids)
+    results = generator.generate_ids(ids, guidance=guidance)
     ours_s = time.time() - started
     if handle is None:
       handle = _start_torch("generate", job, workdir)
@@ -418,8 +430,10 @@ def generate_parity(config, rows: Sequence[dict], titles: Sequence[str], workdir
                     "max_new_tokens": sc.max_new_tokens, "length_penalty": sc.length_penalty,
                     "early_stopping": sc.early_stopping, "constrained": options.constrained,
                     "stop_at_closing_quote": sc.stop_at_closing_quote,
+                    "exclude_history": options.exclude_history,
                     "batch_size": options.batch_size, "matmul_dtype": config.model.matmul_dtype,
                     "catalog_titles": len(titles), "trie_titles": len(sequences)}
+  out["excluded_titles_per_row"] = [len(x) for x in excluded]
   out["adapter"] = adapter
   out["parallel_sides"] = parallel
   out["seconds"] = {"jax_generate": ours_s, "torch_setup": ref["setup_s"],
@@ -471,7 +485,7 @@ def run(config, *, tasks: Sequence[str] = ("train", "generate"), steps: int = 32
       titles = runner.read_titles(data_dir)
       record["generate"] = generate_parity(config, data, titles, os.path.join(workdir, "generate"),
                                            adapter=adapter, torch_threads=torch_threads,
-                                           parallel=parallel)
+                                           parallel=parallel, data_dir=data_dir)
       record["generate"]["split_file"] = split_file
   finally:
     if tmp is not None:

@@ -13,7 +13,9 @@ transformers and peft only inside its functions, and nothing of bigrec_jax that 
   losses, learning rates and gradient norms, and the final adapter (`save_pretrained`).
 - `generate`: the trained adapter in transformers + peft, `generate(num_beams, num_return_sequences,
   prefix_allowed_tokens_fn=<walk of the catalog trie>, stopping_criteria=[closing quote])` over the
-  exact prompt ids our search decoded; writes every returned sequence and `sequences_scores`.
+  exact prompt ids our search decoded (with history exclusion, each row walks its own trie: the
+  catalog less that row's `excluded_sequences`); writes every returned sequence and
+  `sequences_scores`.
 """
 from __future__ import annotations
 
@@ -130,7 +132,9 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
   setup_s = time.time() - t0
   g = job["search"]
   eos, pad = g["eos_token_id"], g["pad_token_id"]
-  trie = _Trie(job["trie_sequences"]) if g["constrained"] else None
+  sequences = job["trie_sequences"]
+  excluded = job.get("excluded_sequences") or []
+  trie = _Trie(sequences) if g["constrained"] else None
   quote_counts = torch.tensor(job["quote_counts"], dtype=torch.long)
 
   class ClosingQuote(StoppingCriteria):
@@ -151,12 +155,17 @@ def generate(job: dict[str, Any]) -> dict[str, Any]:
     width = max(len(p) for p in chunk)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], dtype=torch.long)
+    tries = [trie] * len(chunk)
+    if trie is not None and excluded:
+      tries = [_Trie([s for k, s in enumerate(sequences) if k not in drop])
+               for drop in (set(excluded[start + b]) for b in range(len(chunk)))]
 
-    def allowed(batch_id, sent, width=width):
-      del batch_id
-      node = trie.node(tuple(sent[width:].tolist()))
+    def allowed(batch_id, sent, width=width, tries=tries):
+      row_trie = tries[batch_id]
+      node = row_trie.node(tuple(sent[width:].tolist()))
       # A beam that left the trie is a -inf filler; PEFT/HF refuse an empty list, so give it EOS.
-      return list(trie.children[node]) if node >= 0 and trie.children[node] else [eos]
+      return (list(row_trie.children[node]) if node >= 0 and row_trie.children[node]
+              else [eos])
 
     kw = dict(prefix_allowed_tokens_fn=allowed) if trie is not None else {}
     if g["stop_at_closing_quote"]:

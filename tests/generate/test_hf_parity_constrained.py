@@ -3,8 +3,10 @@ demo's options (4 beams, 4 returned, closing-quote stop, max_new_tokens 24) retu
 transformers + peft `generate(prefix_allowed_tokens_fn=...)` over the same catalog trie.
 
 A small random LoRA (exported to PEFT, merged on our side, loaded by peft on the other) on the
-real SmolLM2, two real ML-100K test rows, the whole 1682-title catalog. The long version (the
-demo's trained adapter, 50 rows) is in README, "Parity with the PyTorch reference".
+real SmolLM2, two real ML-100K test rows, the whole 1682-title catalog; then the same rows with
+history exclusion, each row's history holding the title both sides chose first, so the
+reference must walk its per-row trie to agree. The long version (the demo's trained adapter,
+50 rows, the demo's `all_past` exclusion) is in README, "Parity with the PyTorch reference".
 """
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ import dataclasses
 import jax
 
 from bigrec_jax.bench import parity
+from bigrec_jax.data import prompts
 from bigrec_jax.model import LoraConfig, lora as lora_lib
 from configs import demo
 
 
 def test_constrained_beams_equal_hf_generate_over_the_trie(smollm2, ml100k, tmp_path):
   config = parity.parity_config(demo.get_config())
+  assert config.generate.exclude_history == "all_past"  # parity keeps the demo's exclusion
   with config.unlocked():
     config.generate.batch_size = 2
+    config.generate.exclude_history = "none"
   g = config.generate
   assert g.constrained and g.stop_at_closing_quote and g.num_beams == g.num_return_sequences == 4
   lc = LoraConfig(rank=8, alpha=16, dropout=0.0, targets=("q_proj", "v_proj"))
@@ -40,3 +45,24 @@ def test_constrained_beams_equal_hf_generate_over_the_trie(smollm2, ml100k, tmp_
   assert out["matched_score_max_abs_diff"] < 1e-3
   for example in out["examples"]:  # every best beam is a quoted catalog title
     assert example["best"][0].startswith('"') and example["best"][0].endswith('"')
+
+  # History exclusion: put each row's best title (any id of it) in its history, so that both
+  # sides must leave it out; the prompt text stays the same.
+  with config.unlocked():
+    config.generate.exclude_history = "shown"
+  titles = [prompts.unquote(t) for t in ml100k.log.titles]
+  excluded_rows, first_best = [], []
+  for row, example in zip(rows, out["examples"]):
+    best = prompts.unquote(example["best"][0])
+    first_best.append(best)
+    excluded_rows.append(dict(row, history_item_ids=list(row["history_item_ids"])
+                              + [titles.index(best)]))
+  again = parity.generate_parity(config, excluded_rows, ml100k.log.titles,
+                                 str(tmp_path / "work_excluded"), adapter=adapter, model=merged)
+  assert again["options"]["exclude_history"] == "shown"
+  assert min(again["excluded_titles_per_row"]) >= 1
+  assert again["best_equal"] == 2, again["mismatches"]
+  assert again["all_beams_equal"] == 2, again["mismatches"]
+  assert again["matched_score_max_abs_diff"] < 1e-3
+  for example, best in zip(again["examples"], first_best):
+    assert prompts.unquote(example["best"][0]) != best
