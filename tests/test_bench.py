@@ -44,8 +44,20 @@ def test_quick_bench_writes_well_formed_json(tmp_path):
         assert e["flops"][side]["model_flops_per_call"] > 0
       assert all(v is not None and v > 0 for v in e["ratio_jax_over_torch"].values())
   assert "jax/torch" in r.stdout  # the printed table
-  # LoRA and full fine-tuning steps at the same shape.
-  assert {e["case"] for e in rec["tasks"]["train"]} == {"2x32", "full_2x32"}
+  # LoRA and full fine-tuning steps at the same shape, and the demo's own step.
+  train = {e["case"]: e for e in rec["tasks"]["train"]}
+  assert set(train) == {"2x32", "full_2x32", "demo_2"}
+  # The demo step: one left-padded chat-template batch with response-only labels, run by ours
+  # as loop.train runs it (label window, shared prefix) and by torch over the whole batch; the
+  # same batch and labels on both sides, so the same loss (the random tiny model barely moves
+  # in two steps at lr 1e-4, and both adapters start with B = 0).
+  demo = train["demo_2"]
+  jx, tx = demo["jax"]["extra"], demo["torch"]["extra"]
+  assert "label window" in jx["impl"] and "shared prefix" in jx["impl"], jx["impl"]
+  for key in ("tokens", "length", "real_tokens", "label_tokens"):
+    assert jx[key] == tx[key], key
+  assert 0 < jx["label_tokens"] < jx["real_tokens"] < jx["tokens"]
+  assert abs(jx["loss"] - tx["loss"]) < 1e-3 * tx["loss"], (jx["loss"], tx["loss"])
 
 
 def test_quick_bench_bfloat16_matmul(tmp_path):

@@ -51,9 +51,13 @@ def lora_per_token(c: dict[str, Any], rank: int, targets) -> int:
 
 
 def case_flops(task: str, p: dict[str, Any], c: dict[str, Any], extra: dict[str, Any]) -> int | None:
-  """Model FLOPs of one timed call of a case (None where the shape is not known)."""
+  """Model FLOPs of one timed call of a case (None where the shape is not known). Training counts
+  the reference's work over the whole padded batch (the demo case: JAX does less, the output
+  projection on the label window and the shared prefix once)."""
   if task == "train":
-    b, t = p["batch"], p["length"]
+    b, t = p["batch"], p.get("length") or extra.get("length")
+    if t is None:
+      return None
     fwd_lin = b * t * (linear_per_token(c) + head_per_token(c))
     att = b * attention(c, t, t)
     if p.get("mode") == "full":  # the backward also forms every weight's gradient

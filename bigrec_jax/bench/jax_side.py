@@ -78,8 +78,9 @@ class JaxSide:
   def _train(self, p, inputs, repeats, budget_s):
     from bigrec_jax.bench import jax_tasks
 
-    rows = workloads.train_rows(self.model.tokenizer, inputs["texts"], p["batch"], p["length"])
-    step, state, impl = jax_tasks.train_step(self.model, p, rows)
+    batch, window, prefix = workloads.train_batch(self.model.tokenizer, p, inputs)
+    step, state, impl = jax_tasks.train_step(self.model, p, batch, label_window=window,
+                                             prefix_len=prefix)
     holder = {"state": state}
 
     def run():
@@ -87,9 +88,7 @@ class JaxSide:
       return loss
 
     r = measure.timed(run, lambda x: float(x), repeats=repeats, budget_s=budget_s)
-    tokens = p["batch"] * p["length"]
-    return r, {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
-        "loss": float(r["last_output"]), "tokens": tokens, "impl": impl}
+    return r, *workloads.train_result(r, batch, impl=impl)
 
   def _beam(self, p, inputs, repeats, budget_s):
     from bigrec_jax.bench import jax_tasks

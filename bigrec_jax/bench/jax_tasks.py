@@ -13,12 +13,15 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- training
 
-def train_step(model, p: dict[str, Any], rows: np.ndarray):
+def train_step(model, p: dict[str, Any], batch: dict[str, np.ndarray], *,
+               label_window: int | None = None, prefix_len: int = 0):
   """(step(state) -> (state, loss), initial state, impl): the project's jitted training step.
 
-  One micro-batch per step (accumulation 1), AdamW with HF's warm-up schedule and grad-norm
-  clipping at 1.0 as HF Trainer does; labels = input ids (train_on_inputs, the reference default).
-  LoRA unless p["mode"] == "full" (every weight trained); no weight decay on either side.
+  batch: {"input_ids", "attention_mask", "labels"} [rows, T] (the packed cases: labels = input
+  ids, train_on_inputs, the reference default). One micro-batch per step (accumulation 1), AdamW
+  with HF's warm-up schedule and grad-norm clipping at 1.0 as HF Trainer does; `label_window`
+  and `prefix_len` as `loop.train` passes them. LoRA unless p["mode"] == "full" (every weight
+  trained); no weight decay on either side.
   """
   from bigrec_jax import parallel
   from bigrec_jax.model import LoraConfig
@@ -31,12 +34,13 @@ def train_step(model, p: dict[str, Any], rows: np.ndarray):
                                     targets=tuple(p["targets"]))
   mesh = parallel.make_mesh()
   opt, _ = opt_lib.make_optimizer(p["lr"], total_steps=10_000, warmup_steps=20, max_grad_norm=1.0)
-  train = step_lib.make_train_step(cfg, lc, opt, mesh)
+  train = step_lib.make_train_step(cfg, lc, opt, mesh, label_window=label_window,
+                                   prefix_len=prefix_len)
   params = jax.device_put(model.params, step_lib.param_shardings(cfg, mesh))
   state = step_lib.init_state(cfg, lc, opt, 0, mesh, params=params if full else None)
   frozen = None if full else params
-  ids = rows[:, None, :]  # [rows, accum=1, T]
-  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": ids}
+  batch = {k: np.asarray(batch[k], np.int32)[:, None, :]  # [rows, accum=1, T]
+           for k in ("input_ids", "attention_mask", "labels")}
   batch = jax.device_put(batch, step_lib.batch_spec_sharding(mesh, 3))
 
   def step(state):
@@ -44,6 +48,10 @@ def train_step(model, p: dict[str, Any], rows: np.ndarray):
     return state, metrics["loss"]
 
   mode = "full fine-tuning" if full else "LoRA"
+  if label_window:
+    mode += f", label window {label_window}"
+  if prefix_len:
+    mode += f", shared prefix {prefix_len}"
   return step, state, f"bigrec_jax.train.step.make_train_step ({mode}, accumulation 1)"
 
 

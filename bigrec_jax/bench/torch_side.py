@@ -128,11 +128,10 @@ class TorchSide:
     peft = importlib.import_module("peft")  # test-only dependency, like torch
     LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
 
-    rows = workloads.train_rows(self.tokenizer(), inputs["texts"], p["batch"], p["length"])
-    ids = torch.from_numpy(rows.astype(np.int64)).to(self.device)
-    mask = torch.ones_like(ids)
+    batch = {k: torch.from_numpy(v.astype(np.int64)).to(self.device)
+             for k, v in workloads.train_batch(self.tokenizer(), p, inputs)[0].items()}
     if p.get("mode") == "full":
-      return self._train_full(p, ids, mask, repeats, budget_s)
+      return self._train_full(p, batch, repeats, budget_s)
     lcfg = LoraConfig(r=p["rank"], lora_alpha=p["alpha"], lora_dropout=p["dropout"],
                       target_modules=list(p["targets"]), bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(self.model(), lcfg)
@@ -144,10 +143,9 @@ class TorchSide:
       model.train(False)
       self._model = model.unload()  # back to the plain base model for later tasks
 
-    return self._timed_train_steps(model, trainable, opt, ids, mask, p, repeats, budget_s,
-                                   restore)
+    return self._timed_train_steps(model, trainable, opt, batch, repeats, budget_s, restore)
 
-  def _train_full(self, p, ids, mask, repeats, budget_s):
+  def _train_full(self, p, batch, repeats, budget_s):
     """Full fine-tuning: every weight in AdamW (no weight decay, as the JAX side), on a copy of
     the model so that later tasks still run the base weights."""
     import copy
@@ -159,17 +157,17 @@ class TorchSide:
     for q in params:  # the shared model is loaded frozen (inference tasks)
       q.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=p["lr"], weight_decay=0.0)
-    return self._timed_train_steps(model, params, opt, ids, mask, p, repeats, budget_s,
-                                   lambda: None)
+    return self._timed_train_steps(model, params, opt, batch, repeats, budget_s, lambda: None)
 
-  def _timed_train_steps(self, model, params, opt, ids, mask, p, repeats, budget_s, cleanup):
-    """HF Trainer's step (loss, backward, clip at 1.0, AdamW, 20-step warm-up), timed."""
+  def _timed_train_steps(self, model, params, opt, batch, repeats, budget_s, cleanup):
+    """HF Trainer's step (loss, backward, clip at 1.0, AdamW, 20-step warm-up), timed: the
+    model's own loss over the batch's labels (-100 ignored), as the reference trains."""
     torch = self.torch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
 
     def step():
       with self.autocast():
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss = model(**batch).loss
       loss.backward()
       torch.nn.utils.clip_grad_norm_(params, 1.0)  # HF Trainer's max_grad_norm
       opt.step()
@@ -181,9 +179,8 @@ class TorchSide:
       r = measure.timed(step, lambda x: float(x), repeats=repeats, budget_s=budget_s)
     finally:
       cleanup()
-    tokens = p["batch"] * p["length"]
-    return r, {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
-        "loss": float(r["last_output"]), "tokens": tokens}
+    numpy_batch = {k: v.cpu().numpy() for k, v in batch.items()}
+    return r, *workloads.train_result(r, numpy_batch)
 
   def _beam(self, p, inputs, repeats, budget_s):
     torch = self.torch

@@ -58,9 +58,14 @@ def cases(tasks: Sequence[str], quick: bool) -> list[Case]:
   out: list[Case] = []
   if "train" in tasks:
     shapes = [(2, 32)] if quick else [(4, 256), (8, 512)]
-    out += [Case("train", f"{b}x{t}", {"batch": b, "length": t, "rank": 8, "alpha": 16.0,
-                                        "dropout": 0.05, "targets": ["q_proj", "v_proj"],
-                                        "lr": 1e-4}) for b, t in shapes]
+    lora = {"rank": 8, "alpha": 16.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"], "lr": 1e-4}
+    out += [Case("train", f"{b}x{t}", {"batch": b, "length": t, **lora}) for b, t in shapes]
+    # The demo's own step (configs/demo.py): one batch of 16 real prompts in the chat template,
+    # left-padded to a multiple of 16, loss on the response only. Ours runs it as `loop.train`
+    # does (the output projection on the label window only, the shared prompt prefix once per
+    # batch); the reference's runs its model on the whole padded batch with -100 labels.
+    out.append(Case("train", f"demo_{2 if quick else 16}",
+                    {"batch": 2 if quick else 16, "recipe": "demo", **lora}))
     # Full fine-tuning (train.mode=full) at the LoRA cases' first shape: every weight and its
     # AdamW moments updated, no dropout (the model has none outside LoRA).
     b, t = shapes[0]
@@ -98,6 +103,39 @@ def bigrec_rows(limit: int) -> list[dict]:
   return [sequences.make_row(examples[int(i)], log.titles, "movie") for i in pick]
 
 
+def demo_rows(limit: int) -> list[dict]:
+  """Real rows of the demo's data rule (the reference's: every position with 10 earlier items,
+  whatever the target's rating), drawn with the bench's seed."""
+  from bigrec_jax.data import movielens, sequences
+
+  root = assets.ml100k_dir()
+  log = movielens.read_ml100k(os.path.join(root, "ml-100k.inter"), os.path.join(root, "ml-100k.item"))
+  examples = sequences.build_examples(log, sequences.SequenceRules(min_history=10))
+  rng = np.random.default_rng(SEED)
+  pick = rng.choice(len(examples), size=min(limit, len(examples)), replace=False)
+  return [sequences.make_row(examples[int(i)], log.titles, "movie") for i in pick]
+
+
+DEMO_TEMPLATE = "chatml"  # configs/demo.py's prompt_template
+DEMO_BUCKET = 16  # configs/demo.py's data.bucket_multiple
+
+
+def demo_batch(tokenizer, rows: Sequence[dict], batch: int) -> tuple[dict[str, np.ndarray], int, int]:
+  """(the first `batch` rows as one left-padded batch with response-only labels, label window,
+  shared prefix length), the window and prefix computed over all `rows` as `loop.train`
+  computes them over its training set."""
+  from bigrec_jax.data import tokenize
+
+  data = tokenize.tokenize_rows(tokenizer, rows, train_on_inputs=False, template=DEMO_TEMPLATE)
+  longest = int(data.lengths[:batch].max())
+  length = -(-longest // DEMO_BUCKET) * DEMO_BUCKET
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenize.PAD_ID
+  out = tokenize.pad_examples(data, range(batch), length, side="left", pad_id=int(pad))
+  span = data.label_span()
+  window = -(-span // 8) * 8  # loop.train's rounding
+  return out, window, tokenize.shared_prefix_length(data, training=True)
+
+
 def catalog_titles(n: int) -> list[str]:
   """The first n titles of the ML-100K catalog (1682 in all), as grounding embeds them."""
   from bigrec_jax.data import movielens, prompts
@@ -111,6 +149,8 @@ def catalog_titles(n: int) -> list[str]:
 def inputs_for(case: Case) -> dict[str, Any]:
   """The text inputs of a case (computed once by the runner and handed to both sides)."""
   p = case.params
+  if case.task == "train" and p.get("recipe") == "demo":
+    return {"rows": demo_rows(256)}
   if case.task == "train":
     from bigrec_jax.data import prompts
 
@@ -122,6 +162,29 @@ def inputs_for(case: Case) -> dict[str, Any]:
   if case.task == "embed":
     return {"titles": catalog_titles(p["titles"])}
   return {}
+
+
+def train_batch(tokenizer, p: dict[str, Any], inputs: dict[str, Any]
+                ) -> tuple[dict[str, np.ndarray], int | None, int]:
+  """(the case's batch {"input_ids", "attention_mask", "labels"} [rows, T], label window or
+  None, shared prefix length): what both sides train on, built from the runner's inputs."""
+  if p.get("recipe") == "demo":
+    return demo_batch(tokenizer, inputs["rows"], p["batch"])
+  rows = train_rows(tokenizer, inputs["texts"], p["batch"], p["length"])
+  return {"input_ids": rows, "attention_mask": np.ones_like(rows), "labels": rows}, None, 0
+
+
+def train_result(r: dict[str, Any], batch: dict[str, np.ndarray], **extra
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, extra) of a timed training case: tokens/s over the padded batch (the same count
+  on both sides), and the batch's shape and real and label token counts."""
+  rows, length = batch["input_ids"].shape
+  tokens = rows * length
+  labels = int((np.asarray(batch["labels"])[:, 1:] >= 0).sum())
+  return {"tokens_per_s": tokens / r["median_s"], "step_s": r["median_s"]}, {
+      "loss": float(r["last_output"]), "tokens": tokens, "length": int(length),
+      "real_tokens": int(np.asarray(batch["attention_mask"]).sum()), "label_tokens": labels,
+      **extra}
 
 
 def train_rows(tokenizer, texts: Sequence[str], batch: int, length: int) -> np.ndarray:
