@@ -5,7 +5,9 @@
   python launch/bench.py --tasks=train,ground --flops --model=/path/to/llama-7b-hf
   python launch/bench.py --multiprocess_ground --out=bench_mp.json   # 2 processes, 5000 x 10M,
                                                                      # then 1 process x 8 devices
-Tasks: train (LoRA r=8 q/v AdamW step, tokens/s), beam (4 beams, 4 returned, batch 8 BIGRec
+Tasks: train (LoRA r=8 q/v AdamW step, tokens/s: packed 4x256 and 8x512 rows with whole-prompt
+loss, the reference recipe; demo_16, the demo's own left-padded chat-template batch with the loss
+on the response; full_4x256, every weight trained), beam (4 beams, 4 returned, batch 8 BIGRec
 prompts), embed (catalog titles/s), ground (queries/s, top-50 + target rank). bfloat16 on GPU.
 """
 import os
