@@ -64,7 +64,8 @@ def test_quick_bench_bfloat16_matmul(tmp_path):
   """--dtype=bfloat16_matmul: float32 models, bfloat16 matmul operands on both sides (JAX's
   model.matmul_dtype, torch's autocast); the losses stay finite and close to each other."""
   out = tmp_path / "bench.json"
-  r = _bench("--quick", "--tasks=train,beam", "--dtype=bfloat16_matmul", "--repeats=1",
+  r = _bench("--quick", "--tasks=train,beam", "--cases=2x32,full_2x32,b2_new4",
+             "--dtype=bfloat16_matmul", "--repeats=1",
              f"--out={out}")
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
   rec = json.loads(out.read_text())
