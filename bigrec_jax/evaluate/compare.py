@@ -125,8 +125,14 @@ def ablation_table(runs: Sequence[tuple[str, str]],
               f"{100 * g['history_repeat']:.1f}%"]
     cells += ["-" if s["seconds"].get(st) is None else f"{s['seconds'][st]:.0f}"
               for st in STAGES]
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
   return "\n".join(lines) + "\n", summaries
+
+
+def markdown_cell(text: str) -> str:
+  """`text` as one cell of a markdown table row: a free-text output (the reference recipe's beams
+  can hold newlines and pipes) must not end the row or add columns."""
+  return " ".join(text.split()).replace("|", "\\|")
 
 
 # (BIGRec variant, baseline directory): the paper's claims, each on the same test rows.

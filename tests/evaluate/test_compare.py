@@ -31,3 +31,17 @@ def test_history_repeats():
           {"predict": ['"Toy Story"'], "history_item_ids": [1], "output": '"Heat"'}]
   s = compare.prediction_stats(rows, titles)
   assert s["history_repeat"] == pytest.approx(2 / 3)
+
+
+def test_a_free_text_top_title_stays_inside_its_table_cell(monkeypatch):
+  """The reference recipe's best beams are free text: a newline or a pipe in the most frequent one
+  must neither end the ablation row nor add a column."""
+  echo = "The user should\nrecommend | this.\n"
+  stats = compare.prediction_stats([{"predict": [echo]}, {"predict": [echo]}], ["Heat"])
+  summary = {"methods": {}, "test_rows": 2, "rows_fingerprint": "x", "generation": stats,
+             "seconds": {}}
+  monkeypatch.setattr(compare, "summarize_run", lambda workdir: summary)
+  table, _ = compare.ablation_table([("free text", "runs/x")])
+  head, rule, row = table.strip().splitlines()[-3:]
+  assert row.count(" | ") == head.count(" | ")
+  assert "| The user should recommend \\| this. (100.0%) |" in row
