@@ -257,8 +257,9 @@ def _check_train(config) -> None:
     if config.model[name] not in _DTYPES:
       raise UserError(f"--config.model.{name} must be one of {_DTYPES}, got "
                       f"{config.model[name]!r}")
-  if config.model.matmul_dtype not in ("",) + _DTYPES:
-    raise UserError(f"--config.model.matmul_dtype must be '' (= dtype) or one of {_DTYPES}, got "
+  if config.model.matmul_dtype not in ("", "auto") + _DTYPES:
+    raise UserError(f"--config.model.matmul_dtype must be '' (= dtype), 'auto' (bfloat16 where "
+                    f"the host multiplies it in hardware) or one of {_DTYPES}, got "
                     f"{config.model.matmul_dtype!r}")
   from bigrec_jax.model.ops import KERNELS
 

@@ -1,4 +1,6 @@
-"""Which malloc the process runs on, as recorded in bench.json and in every pipeline stage marker.
+"""What the host brings that step times depend on: which malloc the process runs on (recorded in
+bench.json and in every pipeline stage marker), and whether its CPU multiplies bfloat16 in
+hardware (`model.matmul_dtype="auto"`).
 
 Step times on CPU depend on it (BUILD.md, "Speed on CPU: tcmalloc"): `launch/setup.sh` preloads
 tcmalloc when the machine has it; otherwise glibc's, with whatever GLIBC_TUNABLES the user set.
@@ -28,3 +30,39 @@ def describe_malloc() -> str:
   name = malloc_in_use()
   tunables = os.environ.get("GLIBC_TUNABLES")
   return f"{name} (GLIBC_TUNABLES={tunables})" if name == "glibc" and tunables else name
+
+
+# CPU flags of a bfloat16 dot product in hardware: x86 AMX and AVX512-BF16 (/proc/cpuinfo
+# "flags"), Arm's BF16 extension ("Features").
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def cpu_bfloat16_flags(cpuinfo: str | None = None) -> list[str]:
+  """The bfloat16 dot-product flags in `cpuinfo` (default: this CPU's /proc/cpuinfo; empty: none,
+  or no /proc)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      return []
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() in ("flags", "Features"):
+      return [flag for flag in _BF16_CPU_FLAGS if flag in value.split()]
+  return []
+
+
+def resolve_matmul_dtype(matmul_dtype: str, platform: str) -> str:
+  """`model.matmul_dtype` with "auto" resolved for `platform` (jax.default_backend()).
+
+  bfloat16 operands pay on accelerators and on CPUs with a bfloat16 dot in hardware (a demo
+  training step 1.1-1.7x faster than in float32 with AVX512-BF16 or AMX); without one XLA:CPU widens them in software, and a
+  demo step ran 1.5x slower than in float32 on an AVX2-only AMD EPYC (README, speed section).
+  So "auto" is "bfloat16" there and "" (the compute dtype) on other CPUs.
+  """
+  if matmul_dtype != "auto":
+    return matmul_dtype
+  if platform != "cpu":
+    return "bfloat16"
+  return "bfloat16" if cpu_bfloat16_flags() else ""

@@ -23,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype; bfloat16 on GPU/TPU
   c.model.param_dtype = "float32"
   # Operands of the base-weight matmuls ("" = dtype), accumulated in float32; "bfloat16" with
-  # float32 activations runs them on AMX on recent Xeon CPUs (~1.7x per training step here).
+  # float32 activations runs them on AMX / AVX512-BF16 CPUs (1.1-1.7x per training step there);
+  # "auto": bfloat16 where the host multiplies it in hardware, else dtype (bigrec_jax/host.py).
   c.model.matmul_dtype = ""
   # Implementation of the products, attention and decode-weight packing (bigrec_jax/model/ops.py):
   # "cpu" (custom VJPs tuned on XLA:CPU), "xla" (plain jnp / jax.nn.dot_product_attention),

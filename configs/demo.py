@@ -1,11 +1,12 @@
 """The demo: embedded SmolLM2-135M-Instruct + MovieLens-100K, sized for a 2-core CPU.
 
 Departures from the reference recipe, each a lever measured in the quality ablation (README,
-"Quality on the embedded default"): bfloat16 weight-matmul operands (speed), the prompt in
-SmolLM2-Instruct's own chat template, loss on the response only, 64 optimizer steps of 16 (one
-epoch of the 1024 examples) at the reference's learning rate (1e-4), beam search constrained to
-catalog titles the user has not already interacted with, stopping at the closing quote, a short
-generation budget, and 1000 test rows (300 valid rows only tune gamma).
+"Quality on the embedded default"): bfloat16 weight-matmul operands where the CPU multiplies
+them in hardware (speed), the prompt in SmolLM2-Instruct's own chat template, loss on the
+response only, 64 optimizer steps of 16 (one epoch of the 1024 examples) at the reference's
+learning rate (1e-4), beam search constrained to catalog titles the user has not already
+interacted with, stopping at the closing quote, a short generation budget, and 1000 test rows
+(300 valid rows only tune gamma).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def get_config():
   # 2.59 for the reference's Alpaca text, and BIGRec + popularity gains (ablation, README).
   c.data.prompt_template = "chatml"
   c.data.bucket_multiple = 16  # ML-100K prompts are 110-190 tokens: pad batches to 16, not 64
-  # bfloat16 operands for the weight matmuls (float32 activations and accumulation): they run
-  # on AMX on recent Xeon CPUs, ~1.7x per training step on the 2-core machine the demo targets.
-  c.model.matmul_dtype = "bfloat16"
+  # bfloat16 operands for the weight matmuls (float32 activations and accumulation) where the
+  # CPU multiplies bfloat16 in hardware (AMX, AVX512-BF16: 1.1-1.7x per training step), float32
+  # elsewhere (an AVX2-only CPU widens bfloat16 in software: 1.5x slower). bigrec_jax/host.py.
+  c.model.matmul_dtype = "auto"
   # The reference's learning rate. Against 3e-4 (the demo until 2026-12-03) it keeps the adapter
   # nearer the instruction-tuned model: 4x the distinct best beams, and BIGRec NDCG@10 0.0085
   # against 0.0061 over 3 seeds (ablation, README); 1e-3 collapsed harder, 3e-5 learnt too little.

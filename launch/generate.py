@@ -49,7 +49,8 @@ cli.define_flags_from({
                                  "are missing ('': the model's).",
     "model.dtype": "Compute dtype.",
     "model.matmul_dtype": "Operands of the weight matmuls ('' = --dtype), accumulated in "
-                          "float32; bfloat16 runs them on AMX on recent Xeon CPUs.",
+                          "float32; bfloat16 runs them on AMX / AVX512-BF16 CPUs; auto: "
+                          "bfloat16 where the host multiplies it in hardware.",
     "mesh_shape=mesh.shape": "Mesh (data, fsdp, tensor).",
     "data.prompt_template": "The prompt template the adapter was trained with.",
     "generate.num_beams": "Beams (1 = greedy).",

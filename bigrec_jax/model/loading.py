@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigrec_jax import assets, files
+from bigrec_jax import assets, files, host
 from bigrec_jax.files import UserError, atomic_path, write_json
 from bigrec_jax.model.config import PROJECTIONS, LlamaConfig
 from bigrec_jax.model.llama import abstract_variables
@@ -44,7 +44,8 @@ def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: 
                tokenizer: str | None = None, check_tokenizer_vocab: bool = True) -> LoadedModel:
   """Loads a GGUF file or an HF directory (None: the embedded SmolLM2-135M-Instruct GGUF).
 
-  matmul_dtype: operands of the base-weight products ("" = dtype; see LlamaConfig).
+  matmul_dtype: operands of the base-weight products ("" = dtype; "auto": bfloat16 where this
+  host multiplies it in hardware, host.resolve_matmul_dtype; see LlamaConfig).
   kernels: "auto" | "cpu" | "xla", the implementation of the products and attention (ops.py).
   tokenizer: a directory with the tokenizer files, for weights that come without them (default:
   the model's own directory, or the tokenizer inside the GGUF file).
@@ -65,6 +66,7 @@ def load_model(path: str | None = None, *, dtype: str = "float32", param_dtype: 
   if not files.exists(config_path):
     raise UserError(f"{config_path}: missing; an HF model directory needs config.json")
   hf_config = json.loads(files.read_text(config_path))
+  matmul_dtype = host.resolve_matmul_dtype(matmul_dtype, jax.default_backend())
   try:
     config = LlamaConfig.from_hf(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                                  matmul_dtype=matmul_dtype, kernels=kernels)

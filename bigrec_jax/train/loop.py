@@ -453,6 +453,8 @@ def _train(config, workdir: str, *, model=None, train_data=None, valid_data=None
              "train_examples": len(train_data),
              "valid_examples": len(valid_data) if valid_data is not None else 0,
              "shared_prefix_tokens": prefix,
+             # "auto" resolved on this host (step times and the last bits of the losses)
+             "matmul_dtype": model_config.matmul_dtype or model_config.dtype,
              "prompt_format": {"template": config.data.prompt_template}}
   if parallel.is_main_process():
     files.write_json(os.path.join(workdir, "train_summary.json"), summary)
