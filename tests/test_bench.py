@@ -31,6 +31,8 @@ def test_quick_bench_writes_well_formed_json(tmp_path):
     # Each worker reports its malloc (the same for both: workers inherit the environment).
     assert rec["sides"][side]["host"]["allocator"] in ("tcmalloc", "jemalloc", "glibc")
   assert len({rec["sides"][s]["host"]["allocator"] for s in ("jax", "torch")}) == 1
+  from bigrec_jax import host  # whether bfloat16 operands can pay on this CPU
+  assert rec["machine"]["cpu_bfloat16_flags"] == host.cpu_bfloat16_flags()
   assert rec["versions"]["jax"]["jax"] and rec["versions"]["torch"]["torch"]
   for task, entries in rec["tasks"].items():
     assert entries, task

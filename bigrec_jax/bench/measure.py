@@ -89,6 +89,9 @@ def host_info() -> dict[str, Any]:
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "platform": platform.platform(), "ram_available_bytes": available_ram_bytes(),
           "load_average": list(os.getloadavg()), "allocator": host.describe_malloc(),
+          # bfloat16 operands are fast only with these (host.resolve_matmul_dtype); empty on
+          # AVX2-only CPUs, where --dtype=bfloat16_matmul is slower than float32 on both sides.
+          "cpu_bfloat16_flags": host.cpu_bfloat16_flags(),
           # XLA:CPU flags move the JAX side's times (bigrec_jax/bench/results/README.md).
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
