@@ -48,7 +48,9 @@ _BIG = 1.0e9  # HF's "very large" score offset for beams that must not be chosen
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-  """Static settings of one search program (hashable: part of the jit cache key)."""
+  """Settings of one search program (hashable: part of the jit cache key), except
+  `length_penalty`, which the program takes as a traced scalar: one program serves every
+  penalty (a decoding grid over it compiles once)."""
   num_beams: int = 4
   num_return_sequences: int = 4
   max_new_tokens: int = 128
@@ -99,8 +101,10 @@ def search(config: LlamaConfig, search_config: SearchConfig, params, ids, mask,
       raise ValueError("stop_at_closing_quote needs quote_counts (the `\"` count per token)")
   else:
     quote_counts = None
-  return _compiled(config, search_config, trie is not None, prefix_len)(params, ids, mask, trie,
-                                                                        quote_counts, guide)
+  program = _compiled(config, dataclasses.replace(search_config, length_penalty=0.0),
+                      trie is not None, prefix_len)
+  return program(params, ids, mask, trie, quote_counts, guide,
+                 jnp.float32(search_config.length_penalty))
 
 
 def token_quote_counts(tokenizer, vocab_size: int):
@@ -116,11 +120,11 @@ def token_quote_counts(tokenizer, vocab_size: int):
 
 @functools.lru_cache(maxsize=None)
 def _compiled(config: LlamaConfig, sc: SearchConfig, constrained: bool, prefix_len: int):
-  def run(params, ids, mask, trie, quotes, guide):
+  def run(params, ids, mask, trie, quotes, guide, length_penalty):
     TRACE_COUNTS["search"] += 1
     search_fn = _greedy if sc.num_beams == 1 else _beam
     return search_fn(config, sc, params, ids, mask, trie if constrained else None, quotes,
-                     prefix_len, guide)
+                     prefix_len, guide, length_penalty)
 
   return jax.jit(run)
 
@@ -140,12 +144,12 @@ def _step_logprobs(logits: Array, trie, states: Array, guide, sc: SearchConfig,
   return guide_lib.catalog_logprobs(logp, trie, states, guide, sc.renormalize, beams_per_row)
 
 
-def _penalty(length, sc: SearchConfig):
-  return jnp.asarray(length, jnp.float32) ** sc.length_penalty
+def _penalty(length, length_penalty):
+  return jnp.asarray(length, jnp.float32) ** length_penalty
 
 
 def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes,
-          prefix_len: int = 0, guide=None) -> SearchOutput:
+          prefix_len: int, guide, length_penalty) -> SearchOutput:
   b = ids.shape[0]
   k, t_max = sc.num_beams, sc.max_new_tokens
   n = b * k
@@ -206,7 +210,7 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
 
     # Finished hypotheses: candidates among the top K that hit EOS / max length.
     just = hits & top_num_beams[None, :] & valid
-    fin_cand = cand_scores / _penalty(j + 1, sc)
+    fin_cand = cand_scores / _penalty(j + 1, length_penalty)
     fin_cand = fin_cand - (~s["open"])[:, None].astype(jnp.float32) * _BIG
     fin_cand = fin_cand - (~just).astype(jnp.float32) * _BIG
     merged_scores = jnp.concatenate([s["fin_scores"], fin_cand], axis=1)
@@ -218,7 +222,7 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
                                      keep[:, :, None], axis=1)
 
     # Can a row still improve? (HF's heuristic for early_stopping=False, monotone per row.)
-    best_running = run_scores[:, 0] / _penalty(j + 1, sc)
+    best_running = run_scores[:, 0] / _penalty(j + 1, length_penalty)
     worst = jnp.where(fin_flag, jnp.min(fin_scores, axis=1, keepdims=True), -_BIG)
     still = jnp.any(best_running[:, None] > worst, axis=1)
     if sc.early_stopping:
@@ -246,7 +250,7 @@ def _beam(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes
 
 
 def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quotes,
-            prefix_len: int = 0, guide=None) -> SearchOutput:
+            prefix_len: int, guide, length_penalty) -> SearchOutput:
   b, t_max = ids.shape[0], sc.max_new_tokens
   logits0, prompt = decoder.prefill(config, params, ids, mask, prefix_len)
   ancestors = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, t_max))
@@ -287,5 +291,5 @@ def _greedy(config: LlamaConfig, sc: SearchConfig, params, ids, mask, trie, quot
     return select(dict(s, logits=logits, cache=cache))
 
   state = jax.lax.while_loop(cond, body, select(state))
-  scores = state["logp_sum"] / _penalty(jnp.maximum(state["length"], 1), sc)
+  scores = state["logp_sum"] / _penalty(jnp.maximum(state["length"], 1), length_penalty)
   return SearchOutput(state["tokens"][:, None], scores[:, None], state["length"][:, None])

@@ -294,7 +294,7 @@ class Generator:
 
     guidance: `row_guidance` of the same rows (exclusion / assistant); alpha overrides
     options.guidance (one compiled program serves every alpha); length_penalty overrides
-    options.length_penalty (a static of the search: one program per value).
+    options.length_penalty (traced too: one program serves every value).
     """
     from tqdm import tqdm
 

@@ -192,6 +192,31 @@ def test_beam_search_matches_transformers_on_a_tiny_model(tmp_path, num_beams, l
   assert saw_eos and saw_full, "the test model should end hypotheses both ways"
 
 
+def test_one_program_serves_every_length_penalty_each_equal_to_transformers(tmp_path):
+  """length_penalty is a traced argument of the search (a decoding grid over it compiles once),
+  and each value still gives transformers' beams and scores."""
+  import torch
+  hf, ours = _tiny_hf(tmp_path, seed=5)
+  ids = np.random.default_rng(5).integers(3, 64, size=(2, 6)).astype(np.int64)
+  before = beam_search.TRACE_COUNTS["search"]
+  outputs = []
+  for length_penalty in (0.0, 1.0, 2.0):
+    with torch.no_grad():
+      ref = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.ones_like(
+          torch.tensor(ids)), num_beams=3, num_return_sequences=3, max_new_tokens=8,
+                        do_sample=False, length_penalty=length_penalty, pad_token_id=0,
+                        eos_token_id=2, return_dict_in_generate=True, output_scores=True)
+    sc = beam_search.SearchConfig(num_beams=3, num_return_sequences=3, max_new_tokens=8,
+                                  length_penalty=length_penalty, eos_token_id=2, pad_token_id=0)
+    out = beam_search.search(ours.config, sc, ours.params, ids.astype(np.int32),
+                             np.ones_like(ids, np.int32))
+    np.testing.assert_allclose(np.asarray(out.scores), ref.sequences_scores.numpy().reshape(2, 3),
+                               atol=1e-4, err_msg=f"length_penalty {length_penalty}")
+    outputs.append(np.asarray(out.scores))
+  assert beam_search.TRACE_COUNTS["search"] - before == 1
+  assert not np.allclose(outputs[0], outputs[1])  # the penalty does reach the scores
+
+
 _SHARDED = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
