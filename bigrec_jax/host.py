@@ -57,9 +57,10 @@ def resolve_matmul_dtype(matmul_dtype: str, platform: str) -> str:
   """`model.matmul_dtype` with "auto" resolved for `platform` (jax.default_backend()).
 
   bfloat16 operands pay on accelerators and on CPUs with a bfloat16 dot in hardware (a demo
-  training step 1.1-1.7x faster than in float32 with AVX512-BF16 or AMX); without one XLA:CPU widens them in software, and a
-  demo step ran 1.5x slower than in float32 on an AVX2-only AMD EPYC (README, speed section).
-  So "auto" is "bfloat16" there and "" (the compute dtype) on other CPUs.
+  training step 1.1-1.7x faster than in float32 with AVX512-BF16 or AMX); without one XLA:CPU
+  widens them in software, and a demo step ran 1.5x slower than in float32 on an AVX2-only AMD
+  EPYC (README, speed section). So "auto" is "bfloat16" there and "" (the compute dtype) on
+  other CPUs.
   """
   if matmul_dtype != "auto":
     return matmul_dtype
