@@ -9,7 +9,9 @@ measured and not made a default: within this CPU's noise (bigrec_jax/bench/resul
 """
 from __future__ import annotations
 
+import functools
 import os
+import platform
 
 
 def malloc_in_use() -> str:
@@ -37,20 +39,34 @@ def describe_malloc() -> str:
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
+@functools.lru_cache(maxsize=1)
+def _proc_cpuinfo() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return f.read()
+  except OSError:
+    return ""
+
+
+def _cpuinfo_value(keys: tuple[str, ...], cpuinfo: str | None = None) -> str | None:
+  """The value of the first /proc/cpuinfo line (or `cpuinfo`'s) whose key is one of `keys`."""
+  for line in (_proc_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() in keys:
+      return value.strip()
+  return None
+
+
+def cpu_model() -> str:
+  """E.g. "AMD EPYC" (/proc/cpuinfo's model name; platform.processor() without one)."""
+  return _cpuinfo_value(("model name",)) or platform.processor() or ""
+
+
 def cpu_bfloat16_flags(cpuinfo: str | None = None) -> list[str]:
   """The bfloat16 dot-product flags in `cpuinfo` (default: this CPU's /proc/cpuinfo; empty: none,
   or no /proc)."""
-  if cpuinfo is None:
-    try:
-      with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    except OSError:
-      return []
-  for line in cpuinfo.splitlines():
-    key, _, value = line.partition(":")
-    if key.strip() in ("flags", "Features"):
-      return [flag for flag in _BF16_CPU_FLAGS if flag in value.split()]
-  return []
+  value = _cpuinfo_value(("flags", "Features"), cpuinfo) or ""
+  return [flag for flag in _BF16_CPU_FLAGS if flag in value.split()]
 
 
 def resolve_matmul_dtype(matmul_dtype: str, platform: str) -> str:

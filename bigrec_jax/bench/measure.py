@@ -77,16 +77,7 @@ def available_ram_bytes() -> int:
 
 
 def host_info() -> dict[str, Any]:
-  cpu = platform.processor() or ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+  return {"cpu": host.cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
           "platform": platform.platform(), "ram_available_bytes": available_ram_bytes(),
           "load_average": list(os.getloadavg()), "allocator": host.describe_malloc(),
           # bfloat16 operands are fast only with these (host.resolve_matmul_dtype); empty on
